@@ -1,0 +1,227 @@
+"""Modes: where the attention comes from — an image the pipeline *generates*, or an existing *photo*.
+
+Photo modes (all without classifier-free guidance: only the conditional branch's attention is needed):
+- ``noise``:   encode with the VAE, add noise at one timestep t, **one** UNet pass (cheapest; DiffSeg/iSeg).
+- ``denoise``: noise to ``strength``·T and run the short DDIM denoise back to 0, aggregating every step.
+- ``invert``:  DDIM-invert the photo's latent to ``strength``·T (diffusers' ``DDIMInverseScheduler``),
+  then denoise back as in ``denoise`` — the trajectory stays on the photo instead of random noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .capture import AttentionMaps, CaptureConfig, trace
+
+__all__ = ["Traced", "generate", "read_photo", "check_prompt", "photo_size", "PHOTO_MODES"]
+
+PHOTO_MODES = ("noise", "denoise", "invert")
+
+
+@dataclass
+class Traced:
+    """Images and the attention recorded while making or reading them."""
+
+    images: list[Image.Image]
+    maps: AttentionMaps
+
+    @property
+    def image(self) -> Image.Image:
+        """The first (often the only) image."""
+        return self.images[0]
+
+    def maps_for(self, i: int) -> AttentionMaps:
+        """The attention of image ``i`` alone, with that image attached (for refinement)."""
+        one = self.maps.select(i) if self.maps.batch_size > 1 else self.maps
+        one.image = np.asarray(self.images[i].convert("RGB"))
+        one.original_hw = (self.images[i].height, self.images[i].width)
+        return one
+
+
+def check_prompt(tokenizer, prompt: str | Sequence[str]) -> list[str]:
+    """Prompts as a list; ValueError if one is empty or longer than the text encoder takes."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("no prompt given")
+    limit = int(getattr(tokenizer, "model_max_length", 77))
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompt must be a non-empty string, got {p!r}")
+        n = len(tokenizer(p).input_ids)
+        if n > limit:
+            raise ValueError(
+                f"prompt has {n} tokens (with start/end) but the text encoder takes at most {limit}: "
+                f"shorten it or use fewer class words: {p[:80]!r}…"
+            )
+    return prompts
+
+
+def _size_multiple(pipe) -> int:
+    """Pixel multiple that keeps every UNet level's grid exact (VAE factor × 2^(levels−1))."""
+    return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, int]:
+    """(H', W') with the photo's aspect, area ≈ native², each side a positive multiple of ``multiple``."""
+    h, w = hw
+    scale = native / math.sqrt(h * w)
+    H = max(multiple, int(round(h * scale / multiple)) * multiple)
+    W = max(multiple, int(round(w * scale / multiple)) * multiple)
+    return H, W
+
+
+def _as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
+    """An RGB PIL image from a PIL image, an HxWx3 uint8 array or a file path, EXIF orientation applied."""
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        with Image.open(image) as im:
+            image = ImageOps.exif_transpose(im).convert("RGB")
+            image.load()
+        return image
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 array, got shape {image.shape} dtype {image.dtype}")
+        return Image.fromarray(image[..., :3])
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    raise TypeError(f"image must be a PIL image, a uint8 array or a path, got {type(image).__name__}")
+
+
+@torch.no_grad()
+def _encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
+    H, W = size
+    x = np.asarray(rgb.resize((W, H), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+    x = torch.from_numpy(x).permute(2, 0, 1)[None].to(pipe.device, pipe.vae.dtype)
+    posterior = pipe.vae.encode(x).latent_dist
+    return posterior.mean * pipe.vae.config.scaling_factor
+
+
+def _embed(pipe, prompts: list[str]) -> torch.Tensor:
+    """Conditional text embeddings (no negative prompt: photo modes run without guidance)."""
+    emb, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
+    return emb
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompt: str | Sequence[str],
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | Sequence[str] | None = None,
+    capture: CaptureConfig | None = None,
+) -> Traced:
+    """Generate image(s) from prompt(s) with an unmodified pipeline call, recording attention."""
+    prompts = check_prompt(pipe.tokenizer, prompt)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    with trace(pipe, capture) as maps:
+        out = pipe(
+            prompts, num_inference_steps=steps, guidance_scale=guidance, height=height, width=width,
+            negative_prompt=negative_prompt, generator=generator, output_type="pil",
+        )
+    images = list(out.images)
+    maps.mode = "generate"
+    maps.meta.update(seed=int(seed), steps=steps, guidance=guidance, prompts=prompts,
+                     image_hw=(images[0].height, images[0].width))
+    maps.original_hw = (images[0].height, images[0].width)
+    if len(images) == 1:
+        maps.image = np.asarray(images[0].convert("RGB"))
+    return Traced(images, maps)
+
+
+@torch.no_grad()
+def read_photo(
+    pipe,
+    image: Image.Image | np.ndarray | str,
+    prompt: str,
+    *,
+    mode: str = "noise",
+    t: int = 100,
+    steps: int = 10,
+    strength: float = 0.5,
+    seed: int = 0,
+    resolution: int | None = None,
+    capture: CaptureConfig | None = None,
+) -> Traced:
+    """Read an existing photo: attention aligned to the photo (``maps.original_hw`` = its size).
+
+    ``mode``: 'noise' (one UNet pass at timestep ``t``), 'denoise' or 'invert' (``steps`` DDIM steps from
+    ``strength``·T to 0). ``resolution``: the side of the square whose area the photo is resized to
+    (default: the model's native size).
+    """
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    if mode not in PHOTO_MODES:
+        raise ValueError(f"mode must be one of {PHOTO_MODES}, got {mode!r}")
+    prompts = check_prompt(pipe.tokenizer, prompt)
+    if len(prompts) != 1:
+        raise ValueError("read_photo takes one prompt for one photo")
+    n_train = int(pipe.scheduler.config.num_train_timesteps)
+    if not 0 <= t < n_train:
+        raise ValueError(f"t must be in [0, {n_train}), got {t}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    rgb = _as_rgb(image)
+    native = resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = photo_size((rgb.height, rgb.width), native, _size_multiple(pipe))
+    latents = _encode_photo(pipe, rgb, size)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    capture = dataclasses.replace(capture or CaptureConfig(), t_window=(0.0, 1.0))
+
+    n_steps = max(steps, int(round(steps / strength)))
+    scheduler.set_timesteps(n_steps, device=latents.device)
+    run = [s for s in scheduler.timesteps if int(s) < strength * n_train][:steps]
+    start = None
+    if mode == "denoise":
+        start = scheduler.add_noise(latents, noise, run[0].reshape(1))
+    elif mode == "invert":  # inversion passes run outside the trace: only the denoise back is recorded
+        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+        inverse.set_timesteps(n_steps, device=latents.device)
+        start = _invert(pipe, inverse, latents, _embed(pipe, prompts), run)
+
+    with trace(pipe, capture, cfg=False) as maps:
+        emb = _embed(pipe, prompts)
+        if mode == "noise":
+            ts = torch.tensor([t], device=latents.device)
+            pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb)
+            timesteps = [t]
+        else:
+            x = start
+            for s in run:
+                eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
+                x = scheduler.step(eps, s, x).prev_sample
+            timesteps = [int(s) for s in run]
+    maps.meta["final_latents"] = x if mode != "noise" else None
+    maps.mode = mode
+    maps.image = np.asarray(rgb)
+    maps.original_hw = (rgb.height, rgb.width)
+    maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
+                     prompts=prompts, image_hw=size, timesteps=timesteps)
+    return Traced([rgb], maps)
+
+
+def _invert(pipe, inverse, latents: torch.Tensor, emb: torch.Tensor, run: list[torch.Tensor]) -> torch.Tensor:
+    """DDIM-invert clean latents up to the first timestep of ``run`` (ascending through ``run`` reversed)."""
+    x = latents
+    # The inverse scheduler steps t − T/N → t on the same grid as the denoise that follows (same N).
+    for s in reversed(run):
+        eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
+        x = inverse.step(eps, s, x).prev_sample
+    return x

@@ -1,0 +1,140 @@
+"""Load: any diffusers Stable Diffusion 1.x/2.x pipeline, from a folder, a single checkpoint file or a hub id.
+
+``builtin:shapes`` names the small model this project trains and ships (``seediff/models/shapes``), so the
+CLI, the backend and the tests work offline. Real use means SD 1.5/2.1 weights from a local folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "BUILTIN_MODELS", "ModelLoadError"]
+
+_MODELS_DIR = Path(__file__).parent / "models"
+BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": _MODELS_DIR / "shapes"}
+_SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says what to pass instead."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the one asked for, else cuda > mps > cpu."""
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp16 on CUDA, fp32 elsewhere, unless a dtype is given ('fp16', 'bf16', 'fp32' or a torch dtype)."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    """'org/name' or 'name' with no path separators beyond one slash and no file suffix."""
+    return model.count("/") <= 1 and not model.startswith((".", "/", "~")) and not model.endswith(_SINGLE_FILE_SUFFIXES)
+
+
+def _from_folder(path: Path, dtype: torch.dtype):
+    """A diffusers folder (``model_index.json``)."""
+    from diffusers import StableDiffusionPipeline
+
+    if not (path / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json). Pass a folder saved with "
+            "`save_pretrained`, a .safetensors/.ckpt checkpoint file, or a hub id."
+        )
+    return StableDiffusionPipeline.from_pretrained(
+        str(path), dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
+    )
+
+
+def _from_single_file(path: Path, dtype: torch.dtype):
+    """A single SD checkpoint file, via diffusers' single-file loading (needs its config: cached or local)."""
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        return StableDiffusionPipeline.from_single_file(
+            str(path), dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as exc:  # diffusers raises many types here; one clear message is what users need
+        raise ModelLoadError(
+            f"could not load checkpoint file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "Single-file loading needs the model's config (cached from the hub, or pass `config=` a local "
+            "diffusers folder); converting once with diffusers' conversion script and passing the folder is simplest."
+        ) from exc
+
+
+def _from_hub(model_id: str, dtype: torch.dtype):
+    """A hub id: from the local cache first; the network only when the hub is not marked offline."""
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    try:
+        return StableDiffusionPipeline.from_pretrained(model_id, local_files_only=True, **kwargs)
+    except Exception as cached_exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        hint = (
+            f"model {model_id!r} is not a local folder or file and is not in the Hugging Face cache. "
+            "Pass a local diffusers folder (e.g. one saved with `save_pretrained`), a .safetensors/.ckpt file, "
+            "or 'builtin:shapes' for the bundled demo model."
+        )
+        if offline:
+            raise ModelLoadError(hint + " (HF_HUB_OFFLINE is set, so the hub was not contacted.)") from None
+        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+        try:
+            return StableDiffusionPipeline.from_pretrained(model_id, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(hint + f" Downloading it failed: {type(exc).__name__}.") from None
+
+
+def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None):
+    """Load a Stable Diffusion 1.x/2.x pipeline from a folder, a checkpoint file, a hub id or a builtin name.
+
+    Device: cuda > mps > cpu unless given; dtype: fp16 on CUDA, fp32 elsewhere unless given.
+    Raises ModelLoadError with what to pass instead when the model cannot be found.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    name = os.fspath(model)
+    if name in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[name]
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{name} is not installed at {path}: reinstall seediff, or pass a model folder")
+        pipe = _from_folder(path, dt)
+    elif name.startswith("builtin:"):
+        raise ModelLoadError(f"unknown builtin model {name!r}; known: {sorted(BUILTIN_MODELS)}")
+    else:
+        path = Path(name).expanduser()
+        if path.is_dir():
+            pipe = _from_folder(path, dt)
+        elif path.is_file():
+            if not name.endswith(_SINGLE_FILE_SUFFIXES):
+                raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(_SINGLE_FILE_SUFFIXES)})")
+            pipe = _from_single_file(path, dt)
+        elif _looks_like_hub_id(name):
+            pipe = _from_hub(name, dt)
+        else:
+            raise ModelLoadError(f"model path {path} does not exist")
+    pipe = pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -110,12 +110,10 @@ class _Store:
         self.latent_hw: tuple[int, int] | None = None
         self.input_ids: torch.Tensor | None = None
 
-    def add(self, name: str, probs: torch.Tensor, heads: int, cfg: bool) -> None:
-        """Fold one call's probabilities ``[B·heads, N, M]`` into the running sum (mean over heads)."""
+    def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """Fold one call's probabilities ``[B·heads, N, M]`` into the running sum (mean over heads, fp32)."""
         bh, n, m = probs.shape
         x = probs.view(bh // heads, heads, n, m).float().mean(1)
-        if cfg:
-            x = x[x.shape[0] // 2 :]
         if name in self.sums:
             self.sums[name] += x
             self.counts[name] += 1
@@ -158,9 +156,18 @@ class RecordingProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         query = attn.head_to_batch_dim(query)
-        attention_probs = attn.get_attention_scores(query, key, attention_mask)
-        self.store.add(self.name, attention_probs.detach(), attn.heads, self.cfg_getter())
-        hidden_states = torch.bmm(attention_probs, value)
+        # Only the conditional half is recorded; the unconditional half keeps the fused SDPA kernel.
+        split = query.shape[0] // 2 if self.cfg_getter() else 0  # rows are (batch, head)-major: halves align
+        parts = []
+        if split:
+            mask_u = attention_mask[:split] if attention_mask is not None else None
+            parts.append(F.scaled_dot_product_attention(
+                query[:split], key[:split], value[:split], attn_mask=mask_u, scale=attn.scale))
+        mask_c = attention_mask[split:] if attention_mask is not None else None
+        attention_probs = attn.get_attention_scores(query[split:], key[split:], mask_c)
+        self.store.add(self.name, attention_probs.detach(), attn.heads)
+        parts.append(torch.bmm(attention_probs, value[split:]))
+        hidden_states = torch.cat(parts) if len(parts) > 1 else parts[0]
         hidden_states = attn.batch_to_head_dim(hidden_states)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

@@ -15,12 +15,14 @@ def _unet_inputs(pipe, prompts: list[str], hw=(16, 16), seed=0):
     return latents, emb
 
 
-def test_recorder_output_equals_default_processor(tiny_pipe):
-    latents, emb = _unet_inputs(tiny_pipe, ["a photo of a dog"])
+@pytest.mark.parametrize("cfg", [False, True])
+def test_recorder_output_equals_default_processor(tiny_pipe, cfg):
+    """Recording must not change the UNet's output (with CFG the uncond half runs SDPA, the cond half eager)."""
+    latents, emb = _unet_inputs(tiny_pipe, ["a photo of a dog", "a cat"] if cfg else ["a photo of a dog"])
     t = torch.tensor([100])
     with torch.no_grad():
         ref = tiny_pipe.unet(latents, t, encoder_hidden_states=emb).sample
-        with trace(tiny_pipe, CaptureConfig(t_window=(0.0, 1.0)), cfg=False) as maps:
+        with trace(tiny_pipe, CaptureConfig(t_window=(0.0, 1.0)), cfg=cfg) as maps:
             out = tiny_pipe.unet(latents, t, encoder_hidden_states=emb).sample
     assert maps.cross and maps.self_attn, "the recording processors must have been active"
     assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()

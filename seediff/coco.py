@@ -265,7 +265,7 @@ def validate_coco(dataset: Mapping[str, Any]) -> None:
         images[img["id"]] = (int(h), int(w))
     cats = set()
     for i, cat in enumerate(dataset["categories"]):
-        if not isinstance(cat, Mapping) or not isinstance(cat.get("id"), Integral) or not isinstance(cat.get("name"), str):
+        if not (isinstance(cat, Mapping) and isinstance(cat.get("id"), Integral) and isinstance(cat.get("name"), str)):
             _fail(f"categories[{i}]", "must be an object with an integer 'id' and a string 'name'")
         if cat["id"] in cats:
             _fail(f"categories[{i}]", f"duplicate category id {cat['id']}")
@@ -284,7 +284,8 @@ def validate_coco(dataset: Mapping[str, Any]) -> None:
         if ann.get("category_id") not in cats:
             _fail(where, f"category_id {ann.get('category_id')!r} is not a category")
         bbox = ann.get("bbox")
-        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, Real) for v in bbox)):
+        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4
+                                     and all(isinstance(v, Real) for v in bbox)):
             _fail(where, f"'bbox' must be [x, y, w, h], got {bbox!r}")
         if "score" in ann and not isinstance(ann["score"], Real):
             _fail(where, f"'score' must be a number, got {ann['score']!r}")
@@ -293,7 +294,8 @@ def validate_coco(dataset: Mapping[str, Any]) -> None:
             if isinstance(segm, Mapping):
                 size = list(_to_rle(dict(segm))["size"])
                 if size != list(images[ann["image_id"]]):
-                    raise ValueError(f"RLE size {size} does not match its image (h x w) {list(images[ann['image_id']])}")
+                    image_hw = list(images[ann["image_id"]])
+                    raise ValueError(f"RLE size {size} does not match its image (h x w) {image_hw}")
             elif segm is not None:
                 _check_polygons(segm)
         except (TypeError, ValueError) as exc:

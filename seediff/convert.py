@@ -158,7 +158,8 @@ def _to_rle(rle: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise TypeError("RLE must be a dict with 'size' [h, w] and 'counts'")
     size = rle["size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, Integral) and v > 0 for v in size)):
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, Integral) and v > 0 for v in size)):
         raise ValueError(f"RLE size must be [height, width] positive ints, got {size!r}")
     h, w = int(size[0]), int(size[1])
     counts = rle["counts"]

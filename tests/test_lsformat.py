@@ -199,6 +199,10 @@ def test_ls_results_follow_the_holes_rule_and_validate_in_label_studio():
     only_poly = ls_results([("dog", dog_brush(), 0.9)], to_name="image", polygon_from_name="poly")
     assert [r["type"] for r in only_poly] == ["polygonlabels"]  # hole filled, as documented
     assert li.validate_prediction({"result": only_poly}) is True
+    # Border-touching masks reach exactly 0 and 100 percent, which Label Studio accepts.
+    (full,) = ls_results([("cat", np.ones((10, 20), bool), 0.3)], to_name="image", polygon_from_name="poly")
+    assert full["value"]["points"] == [[0.0, 0.0], [0.0, 100.0], [100.0, 100.0], [100.0, 0.0]]
+    assert li.validate_prediction({"result": [full]}) is True
 
 
 def test_region_ids_are_unique_random_hex():

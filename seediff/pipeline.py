@@ -66,13 +66,14 @@ def _from_folder(path: Path, dtype: torch.dtype):
     )
 
 
-def _from_single_file(path: Path, dtype: torch.dtype):
-    """A single SD checkpoint file, via diffusers' single-file loading (needs its config: cached or local)."""
+def _from_single_file(path: Path, dtype: torch.dtype, config: str | None = None):
+    """A single SD checkpoint file, via diffusers' single-file loading (its config: ``config`` folder or cache)."""
     from diffusers import StableDiffusionPipeline
 
+    extra = {"config": str(config)} if config is not None else {}
     try:
         return StableDiffusionPipeline.from_single_file(
-            str(path), dtype=dtype, safety_checker=None, requires_safety_checker=False
+            str(path), dtype=dtype, safety_checker=None, requires_safety_checker=False, **extra
         )
     except Exception as exc:  # diffusers raises many types here; one clear message is what users need
         raise ModelLoadError(
@@ -107,10 +108,11 @@ def _from_hub(model_id: str, dtype: torch.dtype):
 
 
 def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | torch.device | None = None,
-                  dtype: str | torch.dtype | None = None):
+                  dtype: str | torch.dtype | None = None, *, config: str | os.PathLike | None = None):
     """Load a Stable Diffusion 1.x/2.x pipeline from a folder, a checkpoint file, a hub id or a builtin name.
 
     Device: cuda > mps > cpu unless given; dtype: fp16 on CUDA, fp32 elsewhere unless given.
+    ``config``: for a single checkpoint file offline, a local diffusers folder (or cached hub id) with its configs.
     Raises ModelLoadError with what to pass instead when the model cannot be found.
     """
     dev = resolve_device(device)
@@ -130,7 +132,7 @@ def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | tor
         elif path.is_file():
             if not name.endswith(_SINGLE_FILE_SUFFIXES):
                 raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(_SINGLE_FILE_SUFFIXES)})")
-            pipe = _from_single_file(path, dt)
+            pipe = _from_single_file(path, dt, config)
         elif _looks_like_hub_id(name):
             pipe = _from_hub(name, dt)
         else:

@@ -120,3 +120,10 @@ def test_photo_size_keeps_aspect_and_multiple():
     H, W = photo_size((480, 640), 512, 64)
     assert H % 64 == 0 and W % 64 == 0 and W > H
     assert photo_size((10, 4000), 512, 64)[0] == 64  # never below one multiple
+
+
+def test_corrupt_single_file_checkpoint_is_a_clear_error(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"\x00not a safetensors file")
+    with pytest.raises(ModelLoadError, match="could not load checkpoint file"):
+        seediff.load_pipeline(bad, device="cpu")

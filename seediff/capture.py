@@ -241,6 +241,11 @@ class AttentionMaps:
         """
         if self.tokenize is None:
             raise RuntimeError("these maps have no tokenizer attached; cannot look up words")
+        if batch >= len(self.token_ids):
+            raise RuntimeError(
+                "the prompt's tokens were not recorded (the text encoder did not run inside trace, e.g. "
+                "prompt_embeds were passed); run the pipeline with a text prompt inside the trace block"
+            )
         word_ids = self.tokenize(word.strip())
         if not word_ids:
             raise ValueError(f"empty class word {word!r}")

@@ -1,0 +1,349 @@
+"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
+
+Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback);
+a job with failed items writes everything else, lists the failures and exits 1 — rerun the same command to
+retry them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from typer.core import TyperGroup
+
+__all__ = ["app", "main", "expand_multi"]
+
+_MULTI = ("--classes",)
+
+
+def expand_multi(args: list[str]) -> list[str]:
+    """``--classes dog cat`` → ``--classes dog,cat`` (space-separated values after one flag, as documented)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok in _MULTI:
+            values = []
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                values.append(args[i])
+                i += 1
+            out += [tok, ",".join(values)] if values else [tok]
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+class _Group(TyperGroup):
+    """Typer group that accepts space-separated class lists (see :func:`expand_multi`)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_multi(list(args)))
+
+
+app = typer.Typer(
+    cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="SeeDiff: open-vocabulary segmentation masks from Stable Diffusion's own attention.",
+)
+convert_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Convert between Label Studio and COCO.")
+app.add_typer(convert_app, name="convert")
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn input errors into ``error: …`` on stderr and exit 2, without a traceback."""
+    from .jobs.store import JobMismatchError
+    from .pipeline import ModelLoadError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
+                ModelLoadError, JobMismatchError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _classes(values: List[str] | None) -> list[str]:
+    """Class words from repeated/comma-separated/space-separated ``--classes``."""
+    from .jobs.datasets import check_classes
+
+    words = [w.strip() for v in (values or []) for w in v.split(",") if w.strip()]
+    return check_classes(words)
+
+
+def _executor(name: str, ray_address: str | None, workers: int | None, batch_size: int):
+    from .jobs.executors import make_executor
+
+    return make_executor(name, ray_address=ray_address, workers=workers, batch_size=batch_size)
+
+
+def _report(report, what: str) -> None:
+    """Print a job's outcome; exit 1 when items failed."""
+    typer.echo(f"{what}: {len(report.planned)} items, {report.skipped} already done, {len(report.done)} done now, "
+               f"{len(report.failed)} failed ({report.seconds:.1f} s)", err=True)
+    if report.failed:
+        for item_id, err in sorted(report.failed.items()):
+            typer.echo(f"  failed {item_id}: {err}", err=True)
+        typer.echo("rerun the same command to retry the failed items", err=True)
+
+
+# Options shared by the job commands ---------------------------------------------------------------------
+ModelOpt = typer.Option("builtin:shapes", "--model", help="Diffusers folder, .safetensors file, hub id or builtin:shapes.")
+DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available).")
+DtypeOpt = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32).")
+SeedOpt = typer.Option(0, "--seed", help="Job seed; each item's seed is derived from it and the item id.")
+MethodOpt = typer.Option("seediff", "--method", help="seediff, diffumask or daam.")
+ThreadsOpt = typer.Option(1, "--threads", min=1, help="Torch CPU threads per worker (results are bit-identical only at the same count).")
+ExecutorOpt = typer.Option("local", "--executor", help="local (this process) or ray.")
+RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="Ray actors (default: one per GPU, or all CPUs but one).")
+BatchOpt = typer.Option(1, "--batch-size", min=1, help="Items per Ray batch.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+
+
+@app.command(epilog="Example:  seediff synthesize --classes dog cat --per-class 10 --prompt 'a photo of a {}' --out data/")
+@_user_errors
+def synthesize(
+    classes: List[str] = typer.Option(..., "--classes", help="Class words, e.g. --classes dog cat."),
+    per_class: int = typer.Option(4, "--per-class", min=1, help="Images per class."),
+    prompt: str = typer.Option("a photo of a {}", "--prompt", help="Prompt template; {} is the class."),
+    out: Path = typer.Option(..., "--out", help="Output folder (coco.json, images/, masks/, overlays/)."),
+    model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+    seed: int = SeedOpt,
+    steps: int = typer.Option(20, "--steps", min=1, help="Denoising steps."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Classifier-free guidance scale."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image side in pixels (default: the model's)."),
+    method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Generate images per class and their masks: a COCO dataset with previews. Resumable: rerun to finish."""
+    from .jobs import finish, plan_synthesize, run_job, synthesize_spec
+
+    names = _classes(classes)
+    items = plan_synthesize(names, per_class, prompt, seed)
+    params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, steps=steps,
+                  guidance=guidance, height=size, width=size, method=method, threads=threads)
+    spec = synthesize_spec(out, params)
+    report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
+                     desc="synthesize")
+    coco_path = Path(spec.root) / "coco.json"
+    dataset = finish(spec, items, coco_path)
+    _report(report, "synthesize")
+    typer.echo(f"COCO: {coco_path} ({len(dataset['images'])} images, {len(dataset['annotations'])} masks); "
+               f"overlays: {Path(spec.root) / 'overlays'}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example:  seediff annotate photos/ --classes dog cat --out photos.coco.json")
+@_user_errors
+def annotate(
+    images_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    classes: List[str] = typer.Option(..., "--classes", help="Class words, e.g. --classes dog cat."),
+    out: Path = typer.Option(..., "--out", help="COCO file to write."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-item files (default: <out>.work/)."),
+    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'dog and cat'."),
+    mode: str = typer.Option("noise", "--mode", help="noise (one UNet pass), denoise or invert."),
+    t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
+    steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert."),
+    strength: float = typer.Option(0.5, "--strength", help="Noise strength for denoise/invert."),
+    model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+    seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
+    ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Segment every image of a folder (photo mode) into one COCO file. Resumable: rerun to finish."""
+    from .jobs import annotate_spec, finish, plan_annotate, run_job
+
+    names = _classes(classes)
+    if prompt.count("{}") != 1:
+        raise UserError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
+    items = plan_annotate(images_dir, seed)
+    params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
+                  t=t, steps=steps, strength=strength, method=method, threads=threads,
+                  images_dir=str(Path(images_dir).resolve()))
+    spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
+    report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
+                     desc="annotate")
+    dataset = finish(spec, items, out)
+    _report(report, "annotate")
+    typer.echo(f"COCO: {out} ({len(dataset['images'])} images, {len(dataset['annotations'])} masks); "
+               f"overlays: {Path(spec.root) / 'overlays'}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example:  seediff evaluate pred.coco.json gt.coco.json --json")
+@_user_errors
+def evaluate(
+    pred: Path = typer.Argument(..., help="Predicted COCO file."),
+    gt: Path = typer.Argument(..., help="Ground-truth COCO file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Per-class IoU and mIoU of predicted masks against ground truth (images matched by file name)."""
+    from .coco import read_coco
+    from .evaluate import evaluate as run_eval
+    from .evaluate import format_table
+
+    result = run_eval(read_coco(pred), read_coco(gt))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    else:
+        typer.echo(format_table(result), nl=False)
+
+
+def _read_text(path: Path | None) -> str | None:
+    return None if path is None else Path(path).read_text(encoding="utf-8")
+
+
+def _warn_issues(issues) -> None:
+    for issue in issues:
+        typer.echo(f"warning: {issue}", err=True)
+
+
+@convert_app.command("ls2coco", epilog="Example:  seediff convert ls2coco export.json --config config.xml --out coco.json")
+@_user_errors
+def ls2coco(
+    export: Path = typer.Argument(..., help="Label Studio JSON export (list of tasks)."),
+    out: Path = typer.Option(..., "--out", help="COCO file to write."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Labeling config XML (fixes category ids)."),
+    keep: str = typer.Option("latest", "--keep", help="latest or all annotations per task."),
+    segmentation: str = typer.Option("auto", "--segmentation", help="auto, polygons or rle."),
+) -> None:
+    """Label Studio export → COCO; skipped regions are listed as warnings."""
+    from .coco import write_coco
+    from .lsformat import ls_to_coco
+
+    dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
+    _warn_issues(issues)
+    write_coco(out, dataset)
+    typer.echo(f"wrote {out}: {len(dataset['images'])} images, {len(dataset['annotations'])} annotations"
+               f"{f', {len(issues)} issues' if issues else ''}")
+
+
+@convert_app.command("coco2ls", epilog="Example:  seediff convert coco2ls coco.json --config config.xml --out tasks.json")
+@_user_errors
+def coco2ls(
+    coco: Path = typer.Argument(..., help="COCO file."),
+    out: Path = typer.Option(..., "--out", help="Label Studio tasks JSON to write (import it in a project)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Labeling config XML (control names, labels)."),
+    model_version: str = typer.Option("seediff", "--model-version", help="Prediction model_version."),
+    image_prefix: str = typer.Option("", "--image-prefix", help="Prepended to file_name for data.image (e.g. /data/local-files/?d=)."),
+) -> None:
+    """COCO → Label Studio tasks with predictions."""
+    from .coco import read_coco, write_json
+    from .lsformat import coco_to_ls
+
+    tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
+    if image_prefix:
+        for task in tasks:
+            key = next(iter(task["data"]))
+            task["data"][key] = image_prefix + str(task["data"][key])
+    _warn_issues(issues)
+    write_json(out, tasks)
+    typer.echo(f"wrote {out}: {len(tasks)} tasks{f', {len(issues)} issues' if issues else ''}")
+
+
+@app.command(epilog="Example:  seediff preannotate --url http://localhost:8080 --api-key $LABEL_STUDIO_API_KEY --project 3")
+@_user_errors
+def preannotate(
+    url: str = typer.Option(..., "--url", envvar="LABEL_STUDIO_URL", help="Label Studio URL."),
+    api_key: str = typer.Option(..., "--api-key", envvar="LABEL_STUDIO_API_KEY", help="Label Studio API token."),
+    project: int = typer.Option(..., "--project", help="Project id."),
+    model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+    model_version: Optional[str] = typer.Option(None, "--model-version", help="Stored with the predictions; tasks holding one are skipped (default: derived from model and settings)."),
+    mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
+    t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
+    seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
+    batch: int = typer.Option(32, "--batch", min=1, help="Predictions posted per request."),
+    page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-task results kept for resuming (default: ./seediff-preannotate-<project>/)."),
+    executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
+    batch_size: int = BatchOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
+    try:
+        from seediff_labelstudio.preannotate import preannotate_project
+    except ImportError as exc:
+        raise UserError(f"preannotate needs the Label Studio backend package ({exc}); pip install 'seediff[server]'")
+    summary = preannotate_project(
+        url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
+        model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
+        page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
+        progress=progress,
+    )
+    typer.echo(summary.describe())
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example:  seediff show photo.jpg --classes dog cat --out dog_cat.png")
+@_user_errors
+def show(
+    image: Path = typer.Argument(..., help="An image file."),
+    classes: List[str] = typer.Option(..., "--classes", help="Class words."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'dog and cat'."),
+    mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
+    t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
+    model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
+    seed: int = SeedOpt, method: str = MethodOpt,
+    min_side: int = typer.Option(256, "--min-side", min=16, help="Upscale small images to at least this side."),
+) -> None:
+    """One PNG: the masks over the image, then each class's attention heat map."""
+    import numpy as np
+
+    from .jobs import render
+    from .jobs.store import atomic_write_bytes, png_bytes
+    from .modes import read_photo
+    from .pipeline import load_pipeline
+    from .segment import segment
+
+    names = _classes(classes)
+    if not image.is_file():
+        raise UserError(f"{image} is not a file")
+    if prompt.count("{}") != 1:
+        raise UserError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    traced = read_photo(pipe, str(image), prompt.format(" and ".join(names)), mode=mode, t=t, seed=seed)
+    maps = traced.maps_for(0)
+    masks = segment(maps, names, method=method)
+    rgb = np.asarray(traced.images[0].convert("RGB"))
+    h, w = rgb.shape[:2]
+    scale = max(1, int(np.ceil(min_side / min(h, w))))
+    big = np.repeat(np.repeat(rgb, scale, 0), scale, 1)
+    colors = [render.color(names.index(label)) for label in masks.labels]
+    tiles = [("masks: " + ", ".join(masks.labels), render.overlay(big, np.asarray(masks.masks, bool), colors))]
+    for name in names:
+        tiles.append((f"attention: {name}", render.heat_overlay(big, render.class_heat(maps, name, (h, w)))))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))
+    found = ", ".join(f"{lab} {float(s):.2f}" for lab, s in zip(masks.labels, masks.scores)) or "no masks"
+    typer.echo(f"wrote {out} ({found})")
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console entry point (``seediff``)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    return app(args=argv if argv is not None else sys.argv[1:], prog_name="seediff")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Dataset jobs: *synthesize* (generate images per class, segment them) and *annotate* (segment a folder).
+
+Per item the worker writes, each file atomically: the image (synthesize only), one mask PNG per class
+(``masks/<id>/<class>.png``, 0/255), an overlay preview (``overlays/<id>.png``) and, last, its record
+(``items/<id>.json``) holding the item's one-image COCO fragment. :func:`merge` joins the fragments with
+:func:`seediff.coco.merge_coco` (sorted by file name), so the COCO bytes depend only on the job, never on
+the executor, the order items finished in or how often the run was interrupted.
+
+Bit-for-bit reproducibility on CPU needs the same torch thread count (the ``threads`` parameter, default 1
+per worker: torch's CPU kernels split reductions by thread), the same device kind and the same library
+versions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..coco import INFO, merge_coco, to_coco
+from . import render
+from .spec import Item, ItemWorker, JobSpec, derive_seed
+from .store import JobStore, png_bytes, slug
+
+__all__ = [
+    "SYNTH_IDENTITY", "ANNOTATE_IDENTITY", "IMAGE_SUFFIXES", "check_classes", "plan_synthesize", "plan_annotate",
+    "synthesize_spec", "annotate_spec", "merge", "SynthesizeWorker", "AnnotateWorker",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_COMMON = ("model", "dtype", "classes", "prompt", "seed", "method", "threads")
+SYNTH_IDENTITY = _COMMON + ("steps", "guidance", "height", "width")
+ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength")
+
+
+def check_classes(classes: Sequence[str]) -> list[str]:
+    """Class words as given (order kept: it fixes the COCO category ids); ValueError on empty or repeated ones."""
+    out = [str(c).strip() for c in classes]
+    if not out:
+        raise ValueError("give at least one class (e.g. --classes dog cat)")
+    for c in out:
+        if not c:
+            raise ValueError("class names must not be empty")
+    if len(set(out)) != len(out):
+        raise ValueError(f"classes must be unique, got {out}")
+    slugs = [slug(c) for c in out]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"classes {out} give clashing file names {slugs}; rename one")
+    return out
+
+
+def _check_template(prompt: str) -> str:
+    """A prompt template with exactly one '{}' where the class word(s) go."""
+    if not isinstance(prompt, str) or prompt.count("{}") != 1:
+        raise ValueError(f"prompt must contain '{{}}' exactly once (where the class goes), got {prompt!r}")
+    return prompt
+
+
+def plan_synthesize(classes: Sequence[str], per_class: int, prompt: str, seed: int) -> list[Item]:
+    """Items ``<class>-<index>`` (class order, then index), each with a seed derived from ``seed`` and its id."""
+    classes = check_classes(classes)
+    _check_template(prompt)
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
+    items = []
+    for c in classes:
+        for index in range(per_class):
+            item_id = f"{slug(c)}-{index:05d}"
+            items.append(Item(item_id, derive_seed(seed, item_id), {
+                "class": c, "prompt": prompt.format(c), "file_name": f"images/{item_id}.png"}))
+    return items
+
+
+def list_images(images_dir: str | os.PathLike) -> list[str]:
+    """Image files under ``images_dir`` (recursively), as sorted POSIX paths relative to it."""
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise ValueError(f"{images_dir} is not a folder")
+    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not found:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images_dir}")
+    return found
+
+
+def plan_annotate(images_dir: str | os.PathLike, seed: int) -> list[Item]:
+    """One item per image file (sorted by relative path); the id is the path made file-safe plus a short hash."""
+    import hashlib
+
+    root = Path(images_dir).resolve()
+    items = []
+    for rel in list_images(root):
+        stem = slug(rel.rsplit(".", 1)[0])[:80]
+        item_id = f"{stem}-{hashlib.sha256(rel.encode('utf-8')).hexdigest()[:8]}"
+        items.append(Item(item_id, derive_seed(seed, item_id), {"path": str(root / rel), "file_name": rel}))
+    return items
+
+
+def synthesize_spec(out: str | os.PathLike, params: Mapping[str, Any]) -> JobSpec:
+    """The synthesize job writing under ``out``."""
+    return JobSpec("synthesize", dict(params), str(Path(out).resolve()), "seediff.jobs.datasets:SynthesizeWorker",
+                   SYNTH_IDENTITY)
+
+
+def annotate_spec(work_dir: str | os.PathLike, params: Mapping[str, Any]) -> JobSpec:
+    """The annotate job keeping its per-item files under ``work_dir``."""
+    return JobSpec("annotate", dict(params), str(Path(work_dir).resolve()), "seediff.jobs.datasets:AnnotateWorker",
+                   ANNOTATE_IDENTITY)
+
+
+def merge(records: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[str, Any]:
+    """One COCO dataset from the items' fragments (deterministic: sorted by file name, ids renumbered)."""
+    if not records:
+        cats = [{"id": i, "name": c} for i, c in enumerate(classes, start=1)]
+        return {"info": dict(INFO), "images": [], "annotations": [], "categories": cats}
+    return merge_coco([rec["coco"] for rec in records])
+
+
+def _quiet_loaders() -> None:
+    """No per-component loading bars from diffusers/transformers (the job shows one bar per item)."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+
+
+class _SegmentWorker(ItemWorker):
+    """Loads the pipeline once; segments and writes masks, overlay and the COCO fragment per item."""
+
+    def setup(self) -> None:
+        import torch
+
+        from ..pipeline import load_pipeline
+
+        torch.set_num_threads(int(self.params.get("threads") or 1))
+        _quiet_loaders()
+        self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
+                                  dtype=self.params.get("dtype"))
+        self.pipe.set_progress_bar_config(disable=True)
+        self.classes = list(self.params["classes"])
+
+    def segment(self, maps, classes: Sequence[str]):
+        """ClassMasks for ``classes`` from the item's attention (the configured method)."""
+        from ..segment import segment
+
+        return segment(maps, list(classes), method=self.params.get("method", "seediff"))
+
+    def save(self, item: Item, image, file_name: str, masks, extra_files: Sequence[str] = ()) -> dict[str, Any]:
+        """Write mask PNGs and the overlay; return the record (with the COCO fragment)."""
+        rgb = np.asarray(image.convert("RGB"))
+        h, w = rgb.shape[:2]
+        labels = list(masks.labels)
+        arrays = [render._fit(np.asarray(m, bool), (h, w)) for m in np.asarray(masks.masks)]
+        files = list(extra_files)
+        for label, m in zip(labels, arrays):
+            files.append(self.store.write_file(f"masks/{item.id}/{slug(label)}.png", png_bytes(m)))
+        colors = [render.color(self.classes.index(label)) for label in labels]
+        preview = render.overlay(rgb, np.asarray(arrays) if arrays else np.zeros((0, h, w), bool), colors)
+        files.append(self.store.write_file(f"overlays/{item.id}.png", png_bytes(preview)))
+        scores = [float(s) for s in masks.scores]
+        entries = [(label, m, s) for label, m, s in zip(labels, arrays, scores)]
+        coco = to_coco([(file_name, entries)], categories=self.classes, sizes={file_name: (w, h)})
+        reasons = getattr(masks, "reasons", None) or {}
+        return {
+            "file_name": file_name, "width": w, "height": h, "files": files, "labels": labels, "scores": scores,
+            "reasons": {str(k): str(v) for k, v in dict(reasons).items()}, "coco": coco,
+        }
+
+
+class SynthesizeWorker(_SegmentWorker):
+    """Generate the item's image from its prompt, then segment its class."""
+
+    def process(self, item: Item) -> dict[str, Any]:
+        from ..modes import generate
+
+        p = self.params
+        traced = generate(self.pipe, item.data["prompt"], seed=item.seed, steps=int(p.get("steps", 20)),
+                          guidance=float(p.get("guidance", 7.5)), height=p.get("height"), width=p.get("width"))
+        image = traced.images[0]
+        masks = self.segment(traced.maps_for(0), [item.data["class"]])
+        image_file = self.store.write_file(item.data["file_name"], png_bytes(image))
+        record = self.save(item, image, item.data["file_name"], masks, [image_file])
+        return record | {"prompt": item.data["prompt"], "class": item.data["class"]}
+
+
+class AnnotateWorker(_SegmentWorker):
+    """Read the item's photo with every class word in the prompt, then segment each class."""
+
+    def process(self, item: Item) -> dict[str, Any]:
+        from ..modes import read_photo
+
+        p = self.params
+        prompt = str(p["prompt"]).format(" and ".join(self.classes))
+        traced = read_photo(self.pipe, item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
+                            steps=int(p.get("steps", 10)), strength=float(p.get("strength", 0.5)), seed=item.seed)
+        masks = self.segment(traced.maps_for(0), self.classes)
+        return self.save(item, traced.images[0], item.data["file_name"], masks) | {"prompt": prompt}
+
+
+def finish(spec: JobSpec, items: Sequence[Item], coco_path: str | os.PathLike) -> dict[str, Any]:
+    """Merge the done items' fragments into ``coco_path`` (atomic, deterministic); returns the dataset."""
+    from ..coco import write_coco
+    from .engine import records
+
+    dataset = merge(records(spec, [i.id for i in items]), spec.params["classes"])
+    Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
+    write_coco(coco_path, dataset)
+    return dataset
+
+
+def store_of(spec: JobSpec) -> JobStore:
+    """The job's store."""
+    return JobStore(spec.root)

@@ -135,12 +135,18 @@ class _SegmentWorker(ItemWorker):
 
         from ..pipeline import load_pipeline
 
+        self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(self.params.get("threads") or 1))
         _quiet_loaders()
         self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
                                   dtype=self.params.get("dtype"))
         self.pipe.set_progress_bar_config(disable=True)
         self.classes = list(self.params["classes"])
+
+    def teardown(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)
 
     def segment(self, maps, classes: Sequence[str]):
         """ClassMasks for ``classes`` from the item's attention (the configured method)."""

@@ -32,8 +32,11 @@ class LocalExecutor:
         if not items:
             return
         worker = load_worker_class(spec.worker)(spec)
-        for item in items:
-            on_result(worker.run(item))
+        try:
+            for item in items:
+                on_result(worker.run(item))
+        finally:
+            worker.teardown()
 
 
 class RayExecutor:

@@ -101,6 +101,9 @@ class ItemWorker:
     def setup(self) -> None:
         """Load what every item needs (once per worker)."""
 
+    def teardown(self) -> None:
+        """Undo process-wide settings made in ``setup`` (called by the in-process executor)."""
+
     def process(self, item: Item) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .executors import Executor, LocalExecutor
 from .spec import Item, JobSpec
@@ -45,11 +45,13 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
 
 
 def run_job(spec: JobSpec, items: Sequence[Item], executor: Executor | None = None, *,
-            progress: bool = True, desc: str | None = None) -> JobReport:
+            progress: bool = True, desc: str | None = None,
+            on_result: Callable[[Mapping[str, Any]], None] | None = None) -> JobReport:
     """Run the items of ``spec`` not yet done on ``executor`` (default in-process); returns the report.
 
     A failing item is reported (id and error) and listed as failed in ``manifest.json``; the other items
-    still run. Rerunning retries failed and unfinished items only.
+    still run. Rerunning retries failed and unfinished items only. ``on_result`` is called in this process
+    with each item's ``{"id", "status", "error"}`` as it finishes (e.g. to upload results while the job runs).
     """
     ids = [item.id for item in items]
     if len(set(ids)) != len(ids):
@@ -64,16 +66,18 @@ def run_job(spec: JobSpec, items: Sequence[Item], executor: Executor | None = No
     start = time.perf_counter()
     bar = _progress(len(ids), len(done_before), desc or spec.kind, progress)
 
-    def on_result(result) -> None:
+    def handle(result) -> None:
         if result["status"] == "done":
             report.done.append(str(result["id"]))
         else:
             report.failed[str(result["id"])] = str(result["error"])
             bar.write(f"item {result['id']} failed: {result['error']}", file=sys.stderr)
         bar.update(1)
+        if on_result is not None:
+            on_result(result)
 
     try:
-        (executor or LocalExecutor()).run(spec, todo, on_result)
+        (executor or LocalExecutor()).run(spec, todo, handle)
     finally:
         bar.close()
         manifest = store.write_manifest(ids, {"kind": spec.kind})

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "minmax", "is_flat", "otsu_threshold", "aggregate_layers", "otsu_seeds", "fixed_seeds",
+    "minmax", "rescale", "is_flat", "otsu_threshold", "aggregate_layers", "otsu_seeds", "fixed_seeds",
     "UserPrompt", "user_prompts", "point_cells", "box_cells", "boxes_mask",
 ]
 
@@ -43,6 +43,20 @@ def minmax(x: torch.Tensor, eps: float = 1e-4, dims: tuple[int, ...] | None = No
     scale = torch.maximum(lo.abs(), hi.abs())
     ok = (rng > eps * scale) & (scale > 0)
     return torch.where(ok, (t - lo) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(t))
+
+
+def rescale(x: torch.Tensor, eps: float = 1e-4, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Like :func:`minmax` for probability-like maps: a flat slice keeps its level (clamped to [0, 1]).
+
+    An expansion that reaches every cell is all ones, not "no location"; min-max would zero it.
+    """
+    t = x.float()
+    out = minmax(t, eps, dims)
+    if t.numel() == 0:
+        return out
+    dims = tuple(range(t.ndim)) if dims is None else dims
+    flat = ~(out != 0).any(dim=dims, keepdim=True) & (t.amax(dim=dims, keepdim=True) > 0)
+    return torch.where(flat, t.clamp(0, 1), out)
 
 
 def otsu_threshold(x: torch.Tensor) -> float:

@@ -1,0 +1,142 @@
+"""Refine: SeeDiff's background consistency at finer levels, and PAMR (pixel-adaptive mask refinement).
+
+Background consistency (levels 1 then 0 on SD 1.5 = 32², 64²): upsample the previous map P (bicubic), take
+background seeds B where P² is at or below its Otsu threshold, V_i = Σ_{b∈B} cos(A_i, A_b), and
+M = norm((1 − norm(V)) ⊙ norm(P)). Generated images have plain backgrounds that match each other well, so the
+background mask is the sharper one; this carves the foreground with it.
+
+PAMR (Araslanov & Roth 2020): affinities to the 8 neighbours (3×3, per dilation) from the image,
+k_ij = mean over RGB of −|I_i − I_j| / (σ_scale · std_i) with std_i the local 3×3 standard deviation,
+softmax over neighbours; then ``iterations`` times m_i ← Σ_j α_ij m_j. Vectorised over pixels and channels
+(8 shifted views per dilation, no per-pixel loop).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .capture import upsample
+from .expand import gate, summed_cosine
+from .seeds import is_flat, minmax, otsu_threshold, rescale
+
+__all__ = ["background_seeds", "background_consistency", "pamr_affinity", "pamr", "image_tensor"]
+
+
+def background_seeds(prob: torch.Tensor, power: float = 2.0) -> torch.Tensor:
+    """Bool map of background seeds: cells of ``prob ** power`` at or below its Otsu threshold."""
+    p = prob.float().clamp_min(0) ** power
+    return p <= otsu_threshold(p)
+
+
+def background_consistency(
+    prev: torch.Tensor,
+    attn_hat: torch.Tensor,
+    hw: tuple[int, int],
+    *,
+    power: float = 2.0,
+    add_background: torch.Tensor | None = None,
+    keep_foreground: torch.Tensor | None = None,
+    mode: str = "bicubic",
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """One background-consistency step for ``K`` maps: ``prev`` ``[K, h', w']`` → ``[K, h, w]`` in [0, 1].
+
+    attn_hat: row-normalised self-attention ``[h·w, h·w]`` at the target level.
+    add_background / keep_foreground: optional bool ``[K, h, w]`` cells forced into / out of the background
+    seeds (user negatives and out-of-box cells / user positives). A map without background seeds is passed
+    through (upsampled and normalised).
+    """
+    if prev.ndim != 3:
+        raise ValueError(f"prev must be [K, h, w], got shape {tuple(prev.shape)}")
+    h, w = hw
+    if attn_hat.shape != (h * w, h * w):
+        raise ValueError(f"attention {tuple(attn_hat.shape)} does not match the {h}x{w} grid")
+    p = upsample(prev, (h, w), mode) if prev.shape[-2:] != (h, w) else prev.float()
+    p = rescale(p, eps, dims=(1, 2))
+    # a flat map (nothing, or everything) has no background to learn from: only the user's cells seed it
+    seeds = torch.stack([torch.zeros_like(pk, dtype=torch.bool) if is_flat(pk, eps) else background_seeds(pk, power)
+                         for pk in p])
+    if add_background is not None:
+        seeds |= add_background.to(seeds.device)
+    if keep_foreground is not None:
+        seeds &= ~keep_foreground.to(seeds.device)
+    v = summed_cosine(attn_hat, seeds.reshape(len(p), -1)).reshape(len(p), h, w)
+    out = torch.stack([gate(pk, vk, eps) if bool(sk.any()) else pk for pk, vk, sk in zip(p, v, seeds)])
+    return out
+
+
+# ---- PAMR ---------------------------------------------------------------------------------------------------
+
+
+def image_tensor(image: np.ndarray, hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """``[3, H, W]`` fp32 in [0, 1] from an ``H×W×3`` uint8 RGB array, resized (area) to ``hw`` if given."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise ValueError(f"image must be an HxWx3 RGB array, got shape {arr.shape}")
+    arr = arr[..., :3]
+    if hw is not None and tuple(arr.shape[:2]) != tuple(hw):
+        import cv2
+
+        arr = cv2.resize(np.ascontiguousarray(arr), (hw[1], hw[0]), interpolation=cv2.INTER_AREA)
+    t = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float()
+    return t / 255.0 if arr.dtype == np.uint8 else t
+
+
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # row-major 3×3; index 4 is the centre
+
+
+def _shifted(x: torch.Tensor, dilation: int, with_centre: bool = False) -> list[torch.Tensor]:
+    """Views ``[C, H, W]`` of each pixel's 3×3 neighbours at ``dilation`` (replicate padding), row-major.
+
+    Shifted views of one padded copy: same values as ``F.unfold`` but no 9× copy (≈18× faster per PAMR
+    iteration at 512², measured).
+    """
+    d = dilation
+    _, h, w = x.shape
+    rows = torch.arange(-d, h + d, device=x.device).clamp(0, h - 1)
+    cols = torch.arange(-d, w + d, device=x.device).clamp(0, w - 1)
+    pad = x.index_select(1, rows).index_select(2, cols)  # replicate padding (F.pad's costs ~15 ms a call on CPU)
+    return [pad[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+            for dy, dx in _OFFSETS if with_centre or (dy, dx) != (0, 0)]
+
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1,), sigma_scale: float = 0.2) -> torch.Tensor:
+    """Softmax affinities ``[8·len(dilations), H, W]`` of every pixel to its neighbours, from ``[3, H, W]``."""
+    if image.ndim != 3:
+        raise ValueError(f"image must be [C, H, W], got shape {tuple(image.shape)}")
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+    x = image.float()
+    logits = []
+    for d in dilations:
+        std = torch.stack(_shifted(x, d, with_centre=True)).std(0)  # [C, H, W], unbiased over 9 like the reference
+        scale = 1e-8 + sigma_scale * std
+        logits += [(-(nb - x).abs() / scale).mean(0) for nb in _shifted(x, d)]
+    return torch.softmax(torch.stack(logits), dim=0)
+
+
+def pamr(
+    probs: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[int] = (1,), iterations: int = 10
+) -> torch.Tensor:
+    """Refine ``[C, H, W]`` masks: ``iterations`` rounds of m_i ← Σ_j α_ij m_j with :func:`pamr_affinity`."""
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if probs.ndim != 3 or probs.shape[-2:] != affinity.shape[-2:]:
+        raise ValueError(f"probs [C, H, W] {tuple(probs.shape)} and affinity {tuple(affinity.shape)} must share H, W")
+    if affinity.shape[0] != 8 * len(dilations):
+        raise ValueError(f"affinity has {affinity.shape[0]} neighbours, expected 8 x {len(dilations)} dilations")
+    m = probs.float()
+    a = affinity.float()
+    for _ in range(iterations):
+        out = torch.zeros_like(m)
+        k = 0
+        for d in dilations:
+            for nb in _shifted(m, d):
+                out.addcmul_(nb, a[k])
+                k += 1
+        m = out
+    return m

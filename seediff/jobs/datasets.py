@@ -168,7 +168,9 @@ class _SegmentWorker(ItemWorker):
         files.append(self.store.write_file(f"overlays/{item.id}.png", png_bytes(preview)))
         scores = [float(s) for s in masks.scores]
         entries = [(label, m, s) for label, m, s in zip(labels, arrays, scores)]
-        coco = to_coco([(file_name, entries)], categories=self.classes, sizes={file_name: (w, h)})
+        # Exact pixel-corner polygons (holes → RLE): the COCO decodes to the mask PNGs pixel for pixel.
+        coco = to_coco([(file_name, entries)], categories=self.classes, sizes={file_name: (w, h)},
+                       tolerance=0.0, min_area=0.0)
         reasons = getattr(masks, "reasons", None) or {}
         return {
             "file_name": file_name, "width": w, "height": h, "files": files, "labels": labels, "scores": scores,

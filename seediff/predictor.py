@@ -1,0 +1,137 @@
+"""SeeDiffPredictor: run the diffusion model once per image, then answer many cheap mask queries.
+
+Like Segment Anything's ``SamPredictor``: ``generate(prompt, seed)`` or ``set_image(photo, prompt)`` does the
+expensive part (a generation, or reading a photo through the UNet) and keeps the attention; ``predict(classes,
+points, boxes)`` is tensor work over the stored maps (row-normalised attention and PAMR affinities are cached).
+A photo set without a prompt is read lazily with a prompt made from the requested classes; each distinct
+prompt is read once and kept.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+
+from .capture import AttentionMaps, CaptureConfig
+from .masks import ClassMasks
+from .segment import _check_classes, segment
+
+__all__ = ["SeeDiffPredictor", "class_prompt"]
+
+
+def class_prompt(classes: Sequence[str], template: str = "a photo of {}") -> str:
+    """The prompt a photo is read with when none was given: ``template`` filled with 'a x and a y …'.
+
+    ``class_prompt(["dog", "cat"])`` → 'a photo of a dog and a cat'.
+    """
+    words = list(classes)
+    if not words:
+        raise ValueError("no classes to build a prompt from")
+    return template.format(" and ".join(f"a {w}" for w in words))
+
+
+class SeeDiffPredictor:
+    """Masks for any class words of one image, from a Stable Diffusion pipeline's own attention.
+
+    ``pipe``: a diffusers Stable Diffusion pipeline (``seediff.load_pipeline``). ``capture``: what to record
+    (default: ``CaptureConfig()``). ``prompt_template``: used to read a photo set without a prompt.
+    """
+
+    def __init__(self, pipe, capture: CaptureConfig | None = None, prompt_template: str = "a photo of {}") -> None:
+        if "{}" not in prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {prompt_template!r}")
+        self.pipe = pipe
+        self.capture = capture
+        self.prompt_template = prompt_template
+        self.reset_image()
+
+    # ---- the expensive part -----------------------------------------------------------------------------
+    def reset_image(self) -> None:
+        """Forget the current image and its attention."""
+        self._image: Image.Image | None = None
+        self._photo = None
+        self._photo_kwargs: dict = {}
+        self._maps: AttentionMaps | None = None
+        self._by_prompt: dict[str, tuple[AttentionMaps, dict]] = {}
+        self._cache: dict = {}
+
+    def generate(self, prompt: str, seed: int = 0, **kwargs) -> Image.Image:
+        """Generate an image for ``prompt`` (``seediff.modes.generate`` kwargs: steps, guidance, height, width…)
+        and keep its attention; returns the image."""
+        from .modes import generate
+
+        self.reset_image()
+        traced = generate(self.pipe, prompt, seed=seed, capture=self.capture, **kwargs)
+        self._image = traced.image
+        self._maps = traced.maps_for(0)
+        return self._image
+
+    def set_image(self, photo, prompt: str | None = None, **kwargs) -> None:
+        """Read an existing photo (PIL image, HxWx3 uint8 array or path) for later queries.
+
+        With ``prompt`` the photo is read now, once (``seediff.modes.read_photo`` kwargs: mode, t, steps…);
+        class words must then be words of that prompt. Without it, each ``predict`` reads the photo with a
+        prompt made from its classes (once per distinct class list).
+        """
+        from .modes import _as_rgb, read_photo
+
+        self.reset_image()
+        self._photo = _as_rgb(photo)
+        self._image = self._photo
+        self._photo_kwargs = dict(kwargs)
+        if prompt is not None:
+            traced = read_photo(self.pipe, self._photo, prompt, capture=self.capture, **kwargs)
+            self._maps = traced.maps
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an image was generated or set."""
+        return self._image is not None
+
+    @property
+    def image(self) -> Image.Image:
+        """The current image (RuntimeError if none)."""
+        self._require()
+        return self._image
+
+    @property
+    def maps(self) -> AttentionMaps | None:
+        """The attention of the current image (None for a photo set without a prompt, before a predict)."""
+        return self._maps
+
+    def _require(self) -> None:
+        if self._image is None:
+            raise RuntimeError("no image is set: call .generate(prompt, seed) or .set_image(photo, prompt) first")
+
+    def _maps_for(self, classes: list[str]) -> tuple[AttentionMaps, dict]:
+        """Maps (and their cache) that contain the classes: the stored ones, or a photo read for them."""
+        if self._maps is not None:
+            return self._maps, self._cache
+        from .modes import read_photo
+
+        prompt = class_prompt(classes, self.prompt_template)
+        if prompt not in self._by_prompt:
+            traced = read_photo(self.pipe, self._photo, prompt, capture=self.capture, **self._photo_kwargs)
+            self._by_prompt[prompt] = (traced.maps, {})
+        return self._by_prompt[prompt]
+
+    # ---- the cheap part ---------------------------------------------------------------------------------
+    def predict(
+        self,
+        classes: str | Sequence[str],
+        points=None,
+        boxes=None,
+        method: str = "seediff",
+        config=None,
+    ) -> ClassMasks:
+        """Masks for ``classes`` on the current image; see :func:`seediff.segment.segment` for the arguments."""
+        self._require()
+        words = _check_classes(classes)
+        maps, cache = self._maps_for(words)
+        return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
+
+    def __repr__(self) -> str:
+        state = "no image" if self._image is None else f"image {self._image.width}x{self._image.height}"
+        return f"SeeDiffPredictor({type(self.pipe).__name__}, {state})"
+

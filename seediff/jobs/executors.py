@@ -95,7 +95,7 @@ class RayExecutor:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # the job shows its own bar, per item
             rows = [item.to_row() for item in items]
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers * 8)))
+            ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 32 * workers))
             out = ds.map_batches(
                 RayBatchWorker, fn_constructor_kwargs={"spec": spec.to_dict()}, batch_size=self.batch_size,
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus,

@@ -1,0 +1,304 @@
+"""Bulk pre-annotation of a Label Studio project (``seediff preannotate``), on the seediff job engine.
+
+What Label Studio's "Retrieve predictions" cannot do for thousands of tasks within its 100 s timeout: page
+through every task with the SDK, skip tasks that already hold a prediction of the current
+``model_version``, read each remaining image in photo mode, segment the config's labels and post the
+results as predictions in batches while the job runs. Resumable twice over: tasks already predicted are
+skipped when listing, and results computed but not yet posted are kept per task in the work folder (the
+job engine's records) and posted on the next run without recomputing.
+
+Lives in ``seediff_labelstudio`` so the engine (``seediff``) never imports Label Studio glue; the CLI imports
+this module lazily.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+
+from seediff.jobs import Item, ItemWorker, JobSpec, derive_seed, run_job
+from seediff.jobs.engine import records
+from seediff.jobs.store import JobStore, slug
+
+__all__ = ["LabelPlan", "label_plan", "model_version_for", "preannotate_project", "PreannotateWorker",
+           "PreannotateSummary", "fetch_task_image"]
+
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+IDENTITY = ("model", "dtype", "mode", "t", "seed", "method", "threads", "model_version", "plan", "project", "url")
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """What to predict for a labeling config: the Image to read, the controls, and label → class words."""
+
+    to_name: str
+    data_key: str
+    polygon: str | None
+    brush: str | None
+    words: dict[str, list[str]]  # label value → class words (predicted_values, else the label lowercased)
+    where: dict[str, list[str]]  # label value → which of 'polygon'/'brush' has it
+
+    @property
+    def classes(self) -> list[str]:
+        """Every class word, once, in label order (prompt order)."""
+        return list(dict.fromkeys(w for ws in self.words.values() for w in ws))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to_name": self.to_name, "data_key": self.data_key, "polygon": self.polygon, "brush": self.brush,
+                "words": self.words, "where": self.where}
+
+
+def label_plan(config: str) -> LabelPlan:
+    """The :class:`LabelPlan` of a labeling config: its first Image with PolygonLabels and/or BrushLabels."""
+    from label_studio_sdk.label_interface import LabelInterface
+
+    li = LabelInterface(config)
+    images = {o.name: o for o in li.objects if o.tag == "Image"}
+    if not images:
+        raise ValueError("the project's labeling config has no <Image>: seediff pre-annotates images")
+    controls: dict[str, Any] = {}
+    for control in li.controls:
+        kind = {"PolygonLabels": "polygon", "BrushLabels": "brush"}.get(control.tag)
+        if kind and kind not in controls and control.to_name and control.to_name[0] in images:
+            if not controls or control.to_name[0] == next(iter(controls.values())).to_name[0]:
+                controls[kind] = control
+    if not controls:
+        raise ValueError("the project's labeling config has no <PolygonLabels> or <BrushLabels> on an <Image>")
+    to_name = next(iter(controls.values())).to_name[0]
+    words: dict[str, list[str]] = {}
+    where: dict[str, list[str]] = {}
+    for kind, control in controls.items():
+        for value, label in getattr(control, "labels_attrs", {}).items():
+            attrs = getattr(label, "attr", None) or {}
+            predicted = str(attrs.get("predicted_values") or value.lower())
+            words.setdefault(value, [w.strip() for w in predicted.split(",") if w.strip()])
+            where.setdefault(value, []).append(kind)
+    if not words:
+        raise ValueError("the project's PolygonLabels/BrushLabels have no <Label>s")
+    return LabelPlan(to_name, images[to_name].value_name, getattr(controls.get("polygon"), "name", None),
+                     getattr(controls.get("brush"), "name", None), words, where)
+
+
+def model_version_for(model: str, method: str, mode: str, t: int) -> str:
+    """A model_version naming what made the predictions (same settings → same version → skipped on rerun)."""
+    name = Path(str(model).rstrip("/")).name or str(model)
+    return f"seediff-{slug(name)[:40]}-{method}-{mode}" + (f"-t{t}" if mode == "noise" else "")
+
+
+def _client(url: str, api_key: str):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=url, api_key=api_key, timeout=120)
+
+
+def _auth_headers(client, api_key: str) -> dict[str, str]:
+    """The SDK's own auth headers (legacy token or personal access token)."""
+    try:
+        return dict(client._client_wrapper.get_headers())
+    except AttributeError:  # an SDK without the wrapper: legacy token auth
+        return {"Authorization": f"Token {api_key}"}
+
+
+def fetch_task_image(ref: str, url: str, headers: Mapping[str, str]):
+    """Download a task's image from Label Studio itself (``/data/...`` or a same-origin URL); PIL RGB image.
+
+    Refuses any other host: pre-annotation never fetches arbitrary URLs found in task data.
+    """
+    import httpx
+    from PIL import Image, ImageOps
+
+    base = urlsplit(url)
+    target = urljoin(url.rstrip("/") + "/", ref) if ref.startswith("/") else ref
+    parts = urlsplit(target)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        raise ValueError(f"refusing to fetch {ref[:120]!r}: not served by Label Studio at {url}")
+    with httpx.stream("GET", target, headers=dict(headers), timeout=60, follow_redirects=False) as resp:
+        if resp.status_code != 200:
+            raise ValueError(f"GET {ref[:120]} from Label Studio answered HTTP {resp.status_code}")
+        data = bytearray()
+        for chunk in resp.iter_bytes():
+            data += chunk
+            if len(data) > MAX_IMAGE_BYTES:
+                raise ValueError(f"{ref[:120]} is larger than {MAX_IMAGE_BYTES >> 20} MiB")
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        out = ImageOps.exif_transpose(im).convert("RGB")
+        out.load()
+    return out
+
+
+def _fetch(ref: str, url: str, headers: Mapping[str, str]):
+    """The one place preannotate fetches images (switch to the backend's ``seediff_labelstudio.fetch`` here
+    once it exists, so both paths share one safe fetcher)."""
+    return fetch_task_image(ref, url, headers)
+
+
+class PreannotateWorker(ItemWorker):
+    """Per task: fetch the image, read it in photo mode with every class word, segment, build LS regions."""
+
+    def setup(self) -> None:
+        import torch
+
+        from seediff.jobs.datasets import _quiet_loaders
+        from seediff.pipeline import load_pipeline
+
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(int(self.params.get("threads") or 1))
+        _quiet_loaders()
+        self.plan = LabelPlan(**self.params["plan"])
+        self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
+                                  dtype=self.params.get("dtype"))
+        self.pipe.set_progress_bar_config(disable=True)
+        self.headers = _auth_headers(_client(self.params["url"], self.params["api_key"]), self.params["api_key"])
+
+    def teardown(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads_before)
+
+    def process(self, item: Item) -> dict[str, Any]:
+        from seediff.lsformat import ls_results
+        from seediff.modes import read_photo
+        from seediff.segment import segment
+
+        p, plan = self.params, self.plan
+        image = _fetch(item.data["image"], p["url"], self.headers)
+        classes = plan.classes
+        prompt = "a photo of " + " and ".join(classes)
+        traced = read_photo(self.pipe, image, prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
+                            seed=item.seed)
+        masks = segment(traced.maps_for(0), classes, method=p.get("method", "seediff"))
+        by_word = {w: (np.asarray(m, bool), float(s)) for w, m, s in zip(masks.labels, masks.masks, masks.scores)}
+        size = (image.width, image.height)
+        groups: dict[tuple[str, ...], list[tuple[str, np.ndarray, float]]] = {}
+        for label, words in plan.words.items():
+            parts = [by_word[w] for w in words if w in by_word]
+            if not parts:
+                continue
+            mask = np.logical_or.reduce([m for m, _ in parts])
+            score = float(np.mean([s for _, s in parts]))
+            groups.setdefault(tuple(plan.where[label]), []).append((label, mask, score))
+        result: list[dict[str, Any]] = []
+        for kinds, entries in groups.items():
+            result += ls_results(entries, to_name=plan.to_name, image_size=size,
+                                 polygon_from_name=plan.polygon if "polygon" in kinds else None,
+                                 brush_from_name=plan.brush if "brush" in kinds else None)
+        scores = [r["score"] for r in result if isinstance(r.get("score"), float)]
+        return {"task": int(item.data["task"]), "result": result,
+                "score": float(np.mean(scores)) if scores else 0.0, "files": []}
+
+
+@dataclass
+class PreannotateSummary:
+    """What a preannotate run did."""
+
+    project: int
+    model_version: str
+    tasks: int = 0
+    already: int = 0
+    posted: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        text = (f"project {self.project}: {self.tasks} tasks, {self.already} already had {self.model_version!r}, "
+                f"{self.posted} predictions posted, {len(self.failed)} failed")
+        for item_id, err in sorted(self.failed.items()):
+            text += f"\n  failed {item_id}: {err}"
+        if self.failed:
+            text += "\nrerun the same command to retry the failed tasks"
+        return text
+
+
+def _prediction_versions(task: Any) -> set[str]:
+    """model_version of every prediction a listed task holds."""
+    preds = getattr(task, "predictions", None)
+    if preds is None and isinstance(task, Mapping):
+        preds = task.get("predictions")
+    out = set()
+    for p in preds or []:
+        v = p.get("model_version") if isinstance(p, Mapping) else getattr(p, "model_version", None)
+        if v is not None:
+            out.add(str(v))
+    return out
+
+
+def _tasks(client, project: int, page_size: int) -> Iterator[Any]:
+    """Every task of the project, page by page (with predictions)."""
+    yield from client.tasks.list(project=project, fields="all", page_size=page_size)
+
+
+def preannotate_project(*, url: str, api_key: str, project: int, model: str, device: str | None = None,
+                        dtype: str | None = None, model_version: str | None = None, mode: str = "noise",
+                        t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
+                        page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
+                        progress: bool = True) -> PreannotateSummary:
+    """Predict every task of ``project`` lacking a ``model_version`` prediction; post them in batches."""
+    from label_studio_sdk import PredictionRequest
+    from label_studio_sdk.core.api_error import ApiError
+
+    url = url.rstrip("/")
+    if not re.match(r"^https?://", url):
+        raise ValueError(f"--url must start with http:// or https://, got {url!r}")
+    client = _client(url, api_key)
+    try:
+        proj = client.projects.get(id=project)
+    except ApiError as exc:
+        raise ValueError(f"cannot read project {project} at {url}: HTTP {exc.status_code} {str(exc.body)[:200]}") from None
+    plan = label_plan(proj.label_config)
+    version = model_version or model_version_for(model, method, mode, t)
+    summary = PreannotateSummary(project, version)
+    items = []
+    for task in _tasks(client, project, page_size):
+        summary.tasks += 1
+        if version in _prediction_versions(task):
+            summary.already += 1
+            continue
+        ref = (task.data or {}).get(plan.data_key)
+        item_id = f"task-{task.id}"
+        if not isinstance(ref, str) or not ref:
+            summary.failed[item_id] = f"task data has no {plan.data_key!r} image reference"
+            continue
+        items.append(Item(item_id, derive_seed(seed, item_id), {"task": int(task.id), "image": ref}))
+    params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, seed=seed, method=method,
+                  threads=threads, model_version=version, plan=plan.to_dict(), project=project, url=url,
+                  api_key=api_key)
+    root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
+    spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)
+    pending: list[dict[str, Any]] = []
+    posted_ids: set[str] = set()
+    store = JobStore(root)
+
+    def post(force: bool = False) -> None:
+        if not pending or (len(pending) < batch and not force):
+            return
+        chunk = pending[:]
+        pending.clear()
+        client.projects.import_predictions(id=project, request=[
+            PredictionRequest(task=r["task"], result=r["result"], score=r["score"], model_version=version)
+            for r in chunk])
+        summary.posted += len(chunk)
+        posted_ids.update(f"task-{r['task']}" for r in chunk)
+
+    def on_result(result: Mapping[str, Any]) -> None:
+        if result["status"] == "done":
+            rec = store.record(str(result["id"]))
+            if rec is not None:
+                pending.append(rec)
+                post()
+
+    report = run_job(spec, items, executor, progress=progress, desc=f"preannotate {project}", on_result=on_result)
+    # Items done in an earlier, interrupted run (records kept, never posted) and anything still buffered.
+    for rec in records(spec, [i.id for i in items]):
+        if rec["id"] not in posted_ids and all(r["id"] != rec["id"] for r in pending):
+            pending.append(rec)
+    post(force=True)
+    summary.failed.update(report.failed)
+    print(f"posted {summary.posted} predictions ({version})", file=sys.stderr)
+    return summary

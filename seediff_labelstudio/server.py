@@ -1,0 +1,178 @@
+"""The HTTP contract Label Studio 1.23 speaks to ML backends (v2 protocol), on FastAPI + uvicorn.
+
+``GET /health`` and ``GET /`` (no auth: Label Studio probes them with a 1 s timeout), ``POST /setup``,
+``POST /predict``, ``POST /webhook``, ``GET /metrics``; HTTP basic auth on all but the health probes when
+``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` are set. Requests are validated by pydantic (malformed JSON → 422,
+never a 500), and the OpenAPI spec at ``/openapi.json`` drives the fuzz tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import SeeDiffModel
+from .settings import Settings, SettingsError
+
+__all__ = ["create_app", "main"]
+
+log = logging.getLogger("seediff_labelstudio")
+MODEL_CLASS = "SeeDiff"
+
+
+class SetupRequest(BaseModel):
+    """Label Studio's /setup body (extra keys allowed: newer Label Studio versions add some)."""
+
+    model_config = ConfigDict(extra="allow")
+    project: str | int | None = None
+    schema_: str | None = Field(default=None, alias="schema")
+    hostname: str | None = None
+    access_token: str | None = Field(default=None, repr=False)
+    extra_params: Any = None
+
+
+class PredictRequest(BaseModel):
+    """Label Studio's /predict body."""
+
+    model_config = ConfigDict(extra="allow")
+    tasks: list[dict[str, Any]]
+    project: str | int | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class PredictResponse(BaseModel):
+    results: list[dict[str, Any]]
+
+
+def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI:
+    """The app around an already-loaded model (load it before serving: /setup must answer within 3 s)."""
+    model = model or SeeDiffModel(settings)
+    app = FastAPI(title="seediff Label Studio ML backend", version="0.1.0",
+                  description="SeeDiff polygon/brush proposals from Stable Diffusion attention.")
+    app.state.model = model
+    app.state.configs: dict[str, str] = {}
+    basic = HTTPBasic(auto_error=False)
+
+    def auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not settings.basic_auth_user:
+            return
+        ok = credentials is not None and secrets.compare_digest(
+            credentials.username.encode(), settings.basic_auth_user.encode()) and secrets.compare_digest(
+            credentials.password.encode(), (settings.basic_auth_pass or "").encode())
+        if not ok:
+            raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Basic"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = [{"loc": list(e.get("loc", [])), "msg": str(e.get("msg", ""))} for e in exc.errors()]
+        return JSONResponse({"detail": "malformed request", "errors": errors[:20]}, status_code=422)
+
+    def health_body() -> tuple[dict, int]:
+        if model.ready:
+            return {"status": "UP", "model_class": MODEL_CLASS, "model_version": model.model_version}, 200
+        return {"status": "ERROR", "model_class": MODEL_CLASS, "reason": model.error or "model not loaded"}, 503
+
+    @app.get("/health")
+    def health():
+        body, code = health_body()
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/")
+    def index():
+        body, code = health_body()
+        return JSONResponse(body, status_code=code)
+
+    @app.post("/setup", dependencies=[Depends(auth)])
+    def setup(req: SetupRequest):
+        from .labels import label_plan
+
+        if not req.schema_:
+            raise HTTPException(400, "setup needs the project's labeling config in 'schema'")
+        try:
+            label_plan(req.schema_)
+        except Exception as exc:
+            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+        if req.project is not None:
+            app.state.configs[str(req.project).split(".")[0]] = req.schema_
+        if not model.ready:
+            raise HTTPException(503, f"model not loaded: {model.error}")
+        return {"model_version": model.model_version}
+
+    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
+    async def predict(req: PredictRequest):
+        from .labels import label_plan
+
+        if not model.ready:
+            raise HTTPException(503, f"model not loaded: {model.error}")
+        if len(req.tasks) > settings.max_tasks_per_request:
+            raise HTTPException(413, f"{len(req.tasks)} tasks in one request; the limit is "
+                                     f"{settings.max_tasks_per_request} (SEEDIFF_MAX_TASKS)")
+        config = req.label_config or app.state.configs.get(str(req.project).split(".")[0] if req.project else "")
+        if not config:
+            raise HTTPException(400, "predict needs 'label_config' (or a /setup for this project first)")
+        try:
+            label_plan(config)
+        except Exception as exc:
+            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+        context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
+        t0 = time.perf_counter()
+        results = await run_in_threadpool(model.predict, req.tasks, config, context)
+        model._count(requests=1, request_s=time.perf_counter() - t0)
+        return {"results": results}
+
+    @app.post("/webhook", status_code=200, dependencies=[Depends(auth)])
+    async def webhook(request: Request):
+        try:
+            body = await request.json()
+        except Exception:
+            raise HTTPException(400, "webhook body must be JSON") from None
+        action = body.get("action") if isinstance(body, dict) else None
+        model._count(webhooks=1)
+        log.info("webhook %s (seediff does not train; acknowledged)", action)
+        return {"status": "ok", "action": action}
+
+    @app.get("/metrics", dependencies=[Depends(auth)])
+    def metrics():
+        with model._metrics_lock:
+            return {"model_version": model.model_version if model.ready else None, **dict(model.metrics)}
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``seediff-labelstudio``: validate settings, load the model, then serve (port 9090 by default)."""
+    ap = argparse.ArgumentParser(prog="seediff-labelstudio", description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default=None, help="interface to bind (default: SEEDIFF_HOST or 0.0.0.0)")
+    ap.add_argument("--port", type=int, default=None, help="port (default: SEEDIFF_PORT or 9090)")
+    args = ap.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"seediff-labelstudio: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.info("starting with %r", settings)
+    model = SeeDiffModel(settings)
+    model.load()  # before the port opens: Label Studio's /health (1 s) and /setup (3 s) find it loaded
+    import uvicorn
+
+    uvicorn.run(create_app(settings, model), host=args.host or settings.host, port=args.port or settings.port,
+                log_level=settings.log_level.lower(), access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Settings from the environment, validated at start-up; secrets never appear in logs or reprs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["Settings", "SettingsError", "mask_secret"]
+
+_SECRET_FIELDS = frozenset({"ls_api_key", "basic_auth_pass"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+def mask_secret(value: str | None) -> str:
+    """'abcd…' → '****' with the length hidden too; None → 'unset'."""
+    return "unset" if not value else "****"
+
+
+def _int(env: dict, name: str, default: int, lo: int = 1) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < lo:
+        raise SettingsError(f"{name} must be >= {lo}, got {value}")
+    return value
+
+
+def _float(env: dict, name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend reads from its environment (names in the comments)."""
+
+    model: str = "builtin:shapes"  # SEEDIFF_MODEL: folder, .safetensors, hub id or builtin:shapes
+    device: str | None = None  # SEEDIFF_DEVICE: cpu, cuda, cuda:1, mps (default: best available)
+    dtype: str | None = None  # SEEDIFF_DTYPE: fp16, bf16, fp32 (default: fp16 on CUDA)
+    method: str = "seediff"  # SEEDIFF_METHOD: seediff | diffumask | daam
+    photo_mode: str = "noise"  # SEEDIFF_PHOTO_MODE: noise | denoise | invert
+    timestep: int = 100  # SEEDIFF_TIMESTEP: t of the noised pass (noise mode)
+    steps: int = 10  # SEEDIFF_STEPS: DDIM steps (denoise / invert modes)
+    prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} ← "a x and a y"
+    seed: int = 0  # SEEDIFF_SEED
+    ls_url: str | None = None  # LABEL_STUDIO_URL
+    ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
+    basic_auth_user: str | None = None  # BASIC_AUTH_USER
+    basic_auth_pass: str | None = field(default=None, repr=False)  # BASIC_AUTH_PASS (secret)
+    allowed_roots: tuple[Path, ...] = ()  # SEEDIFF_ALLOWED_ROOTS: os.pathsep-separated folders
+    allowed_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_HOSTS: comma-separated extra image hosts
+    max_image_bytes: int = 32 * 2**20  # SEEDIFF_MAX_IMAGE_BYTES
+    max_image_pixels: int = 40_000_000  # SEEDIFF_MAX_IMAGE_PIXELS (decompression bombs)
+    fetch_timeout: float = 15.0  # SEEDIFF_FETCH_TIMEOUT seconds
+    max_tasks_per_request: int = 64  # SEEDIFF_MAX_TASKS
+    host: str = "0.0.0.0"  # SEEDIFF_HOST
+    port: int = 9090  # SEEDIFF_PORT (or PORT)
+    log_level: str = "INFO"  # LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        """Read and validate the environment; SettingsError names the bad variable."""
+        env = dict(os.environ if env is None else env)
+        from seediff.modes import PHOTO_MODES
+        from seediff.segment import METHODS
+
+        method = env.get("SEEDIFF_METHOD", "seediff").strip().lower()
+        if method not in METHODS:
+            raise SettingsError(f"SEEDIFF_METHOD must be one of {sorted(METHODS)}, got {method!r}")
+        mode = env.get("SEEDIFF_PHOTO_MODE", "noise").strip().lower()
+        if mode not in PHOTO_MODES:
+            raise SettingsError(f"SEEDIFF_PHOTO_MODE must be one of {list(PHOTO_MODES)}, got {mode!r}")
+        template = env.get("SEEDIFF_PROMPT_TEMPLATE", "a photo of {}")
+        if template.count("{}") != 1:
+            raise SettingsError(f"SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{{}}', got {template!r}")
+        ls_url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
+        if ls_url is not None:
+            parts = urlsplit(ls_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(f"LABEL_STUDIO_URL must be an http(s) URL, got {ls_url!r}")
+        user, password = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
+        if bool(user) != bool(password):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        roots = []
+        for raw in filter(None, (env.get("SEEDIFF_ALLOWED_ROOTS") or "").split(os.pathsep)):
+            p = Path(raw).expanduser()
+            if not p.is_absolute():
+                raise SettingsError(f"SEEDIFF_ALLOWED_ROOTS entries must be absolute paths, got {raw!r}")
+            roots.append(p.resolve())
+        hosts = tuple(h.strip().lower() for h in (env.get("SEEDIFF_ALLOWED_HOSTS") or "").split(",") if h.strip())
+        level = (env.get("LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        return cls(
+            model=env.get("SEEDIFF_MODEL") or "builtin:shapes",
+            device=env.get("SEEDIFF_DEVICE") or None,
+            dtype=env.get("SEEDIFF_DTYPE") or None,
+            method=method, photo_mode=mode,
+            timestep=_int(env, "SEEDIFF_TIMESTEP", 100, lo=0),
+            steps=_int(env, "SEEDIFF_STEPS", 10),
+            prompt_template=template,
+            seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
+            ls_url=ls_url, ls_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            basic_auth_user=user, basic_auth_pass=password,
+            allowed_roots=tuple(roots), allowed_hosts=hosts,
+            max_image_bytes=_int(env, "SEEDIFF_MAX_IMAGE_BYTES", 32 * 2**20),
+            max_image_pixels=_int(env, "SEEDIFF_MAX_IMAGE_PIXELS", 40_000_000),
+            fetch_timeout=_float(env, "SEEDIFF_FETCH_TIMEOUT", 15.0),
+            max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 64),
+            host=env.get("SEEDIFF_HOST") or "0.0.0.0",
+            port=_int(env, "SEEDIFF_PORT", _int(env, "PORT", 9090)),
+            log_level=level,
+        )
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            parts.append(f"{f.name}={mask_secret(value) if f.name in _SECRET_FIELDS else value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__

@@ -58,6 +58,7 @@ def main() -> None:
 
     import ray
 
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="seediff-ray-bench-"))
     try:
         model = root / "tiny"
@@ -77,7 +78,8 @@ def main() -> None:
 
     base = next(s for kind, w, s, _ in rows if kind == "ray" and w == min(args.workers))
     lines = [
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, 1-min load average {load_before:.1f} at start "
+        f"(other processes compete for the cores), Python {platform.python_version()}; "
         f"tiny random-weight pipeline, {args.items} items × {args.steps} steps, 1 torch thread per worker.",
         f"Command: `python bench/ray_scaling.py --items {args.items} --steps {args.steps} "
         f"--workers {' '.join(map(str, args.workers))}`",

@@ -1,6 +1,7 @@
 """The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
 
-Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback);
+Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback;
+set ``SEEDIFF_DEBUG=1`` for one);
 a job with failed items writes everything else, lists the failures and exits 1 — rerun the same command to
 retry them.
 """
@@ -62,17 +63,23 @@ class UserError(Exception):
 
 def _user_errors(fn: Callable) -> Callable:
     """Turn input errors into ``error: …`` on stderr and exit 2, without a traceback."""
+    from .jobs.executors import ExecutorError
     from .jobs.store import JobMismatchError
     from .pipeline import ModelLoadError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if os.environ.get("SEEDIFF_DEBUG"):  # full tracebacks for developers
+            return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
         except (UserError, ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError,
                 ModelLoadError, JobMismatchError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except ExecutorError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 

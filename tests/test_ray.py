@@ -106,3 +106,15 @@ def test_cli_annotate_on_ray_reports_a_broken_image_and_keeps_the_rest(ray_sessi
 def test_pool_that_would_take_every_cpu_is_refused(ray_session, tmp_path):
     with pytest.raises(ValueError, match="at most 1 so Ray Data keeps a CPU"):
         run_job(probe_spec(tmp_path), plan_probe(2), RayExecutor(workers=2), progress=False)
+
+
+def test_actor_that_cannot_load_its_model_stops_the_job_with_the_cause(ray_session, tmp_path):
+    from seediff.jobs.executors import ExecutorError
+
+    params = dict(model=str(tmp_path / "no-such-model"), device="cpu", dtype=None, classes=["dog"],
+                  prompt="a photo of a {}", seed=0, steps=3, guidance=7.5, height=None, width=None,
+                  method="seediff", threads=1)
+    with pytest.raises(ExecutorError, match=r"ModelLoadError: model path .*no-such-model does not exist"):
+        run_job(synthesize_spec(tmp_path / "out", params), plan_synthesize(["dog"], 2, "a {}", 0), RayExecutor(),
+                progress=False)
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["pending"] == ["dog-00000", "dog-00001"]

@@ -13,10 +13,14 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from .spec import Item, JobSpec, RayBatchWorker, load_worker_class
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "make_executor", "EXECUTORS"]
+__all__ = ["Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "make_executor", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 OnResult = Callable[[Mapping[str, Any]], None]
+
+
+class ExecutorError(RuntimeError):
+    """The executor itself stopped (e.g. a Ray actor could not start); finished items are kept."""
 
 
 class Executor(Protocol):
@@ -101,11 +105,27 @@ class RayExecutor:
                 compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus,
                 batch_format="numpy",
             )
-            for row in out.iter_rows():
-                on_result({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            try:
+                for row in out.iter_rows():
+                    on_result({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
+            except Exception as exc:  # Ray wraps actor failures (e.g. the model failing to load) in its own types
+                raise ExecutorError(f"the Ray job stopped: {_root_cause(exc)[:500]} "
+                                    "(finished items are kept; rerun to resume)") from exc
         finally:
             if started:
                 ray.shutdown()
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost 'SomeError: message' line of an exception chain (Ray nests the worker's traceback)."""
+    lines = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        lines += [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    errors = [ln for ln in lines if ("Error: " in ln or "Exception: " in ln) and not ln.startswith("File ")]
+    return errors[-1] if errors else (lines[0] if lines else "unknown error")
 
 
 def make_executor(name: str, *, ray_address: str | None = None, workers: int | None = None,

@@ -148,23 +148,26 @@ def _background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def _place(n: int, config: SceneConfig, rng: np.random.Generator) -> list[tuple[float, float, float]]:
-    """(cx, cy, r) for ``n`` shapes inside the image with a gap between them (rejection sampling)."""
+def _place(shapes: Sequence[str], config: SceneConfig, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+    """(cx, cy, r) per shape, each inside the image, the shapes at least one pixel apart (rejection sampling)."""
     scale = config.size / 32.0
     lo, hi = config.radius[0] * scale, config.radius[1] * scale
     for _ in range(1000):
-        out = []
-        for _ in range(n):
+        out, union = [], np.zeros((config.size, config.size), dtype=bool)
+        for shape in shapes:
             r = float(rng.uniform(lo, hi))
-            cx = float(rng.uniform(r + 1, config.size - r - 1))
-            cy = float(rng.uniform(r + 1, config.size - r - 1))
+            margin = 1.2 * r + 1  # the widest shape (triangle) reaches 1.2 r from its centre
+            cx, cy = (float(v) for v in rng.uniform(margin, config.size - margin, size=2))
+            mask = _shape_mask(ShapeObject(shape, "red", cx, cy, r), config.size)
+            grown = mask.copy()  # one-pixel gap: grow the mask by one pixel (4-neighbourhood) before testing
+            grown[1:] |= mask[:-1]; grown[:-1] |= mask[1:]; grown[:, 1:] |= mask[:, :-1]; grown[:, :-1] |= mask[:, 1:]
+            if (grown & union).any():
+                break
+            union |= mask
             out.append((cx, cy, r))
-        if n < 2 or all(
-            np.hypot(a[0] - b[0], a[1] - b[1]) >= 1.5 * (a[2] + b[2]) * 0.75 + 2 * scale
-            for i, a in enumerate(out) for b in out[i + 1:]
-        ):
+        if len(out) == len(shapes):
             return out
-    raise RuntimeError(f"could not place {n} shapes in {config.size}px")  # pragma: no cover
+    raise RuntimeError(f"could not place {len(shapes)} shapes in {config.size}px")  # pragma: no cover
 
 
 def caption_for(objects: Sequence[ShapeObject], background: str, rng: np.random.Generator,
@@ -208,7 +211,7 @@ def make_scene(seed: int, config: SceneConfig = SceneConfig(), *, n_objects: int
     names = list(COLOURS)
     objects = tuple(
         ShapeObject(SHAPES[int(s)], names[int(c)], cx, cy, r)
-        for s, c, (cx, cy, r) in zip(shapes, colours, _place(n, config, rng))
+        for s, c, (cx, cy, r) in zip(shapes, colours, _place([SHAPES[int(s)] for s in shapes], config, rng))
     )
     kind = BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))]
     image, masks = render_scene(objects, _background(kind, config.size, rng))

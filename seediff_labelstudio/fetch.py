@@ -21,6 +21,7 @@ from .settings import Settings
 __all__ = ["FetchError", "Fetcher", "auth_header"]
 
 _MAX_REDIRECTS = 3
+_LS_PREFIXES = ("/data/", "/tasks/", "/api/", "/storage-data/")  # paths Label Studio serves
 
 
 class FetchError(ValueError):
@@ -58,13 +59,12 @@ class Fetcher:
             local = self._local_files_path(ref)
             if local is not None:
                 return self._decode(self._read_local(local))
-        if ref.startswith("/"):
-            under_root = self._under_roots(Path(ref)) if not ref.startswith("/data/") else None
-            if under_root is not None:
-                return self._decode(self._read_local(under_root))
+        if ref.startswith(_LS_PREFIXES):
             if self._ls is None:
                 raise FetchError(f"{ref[:100]!r} is served by Label Studio, but LABEL_STUDIO_URL is not set")
             return self._decode(self._get(urljoin(self.settings.ls_url + "/", ref.lstrip("/"))))
+        if ref.startswith("/"):
+            return self._decode(self._read_local(Path(ref)))
         raise FetchError(f"cannot fetch {ref[:100]!r}: not a URL, a Label Studio path or an absolute file path")
 
     # ---- local files ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="SeeDiff: open-vocabulary segmentation masks from Stable Diffusion's own attention.",
+    epilog="Example:  seediff synthesize --classes circle square --per-class 4 --out demo/  (then open demo/overlays/)",
 )
 convert_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Convert between Label Studio and COCO.")
 app.add_typer(convert_app, name="convert")
@@ -274,6 +275,7 @@ def preannotate(
     project: int = typer.Option(..., "--project", help="Project id."),
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
     model_version: Optional[str] = typer.Option(None, "--model-version", help="Stored with the predictions; tasks holding one are skipped (default: derived from model and settings)."),
+    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'a circle and a square' (the labels' class words)."),
     mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
@@ -292,7 +294,7 @@ def preannotate(
         url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
-        progress=progress,
+        progress=progress, prompt_template=prompt,
     )
     typer.echo(summary.describe())
     if summary.failed:

@@ -13,14 +13,13 @@ this module lazily.
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import os
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-from urllib.parse import urljoin, urlsplit
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -28,14 +27,13 @@ from seediff.jobs import Item, ItemWorker, JobSpec, derive_seed, run_job
 from seediff.jobs.engine import records
 from seediff.jobs.store import JobStore, slug
 
+from .labels import LabelPlan, label_plan, plan_results  # shared with the backend
+
 __all__ = ["LabelPlan", "label_plan", "model_version_for", "preannotate_project", "PreannotateWorker",
-           "PreannotateSummary", "fetch_task_image"]
+           "PreannotateSummary", "make_fetcher"]
 
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
-IDENTITY = ("model", "dtype", "mode", "t", "seed", "method", "threads", "model_version", "plan", "project", "url")
-
-
-from .labels import LabelPlan, label_plan, plan_results  # noqa: E402  (shared with the backend)
+IDENTITY = ("model", "dtype", "mode", "t", "seed", "method", "threads", "model_version", "plan", "project", "url",
+            "prompt_template")
 
 
 def model_version_for(model: str, method: str, mode: str, t: int) -> str:
@@ -50,45 +48,13 @@ def _client(url: str, api_key: str):
     return LabelStudio(base_url=url, api_key=api_key, timeout=120)
 
 
-def _auth_headers(client, api_key: str) -> dict[str, str]:
-    """The SDK's own auth headers (legacy token or personal access token)."""
-    try:
-        return dict(client._client_wrapper.get_headers())
-    except AttributeError:  # an SDK without the wrapper: legacy token auth
-        return {"Authorization": f"Token {api_key}"}
+def make_fetcher(url: str, api_key: str):
+    """The backend's safe fetcher for this Label Studio (allow-lists and caps from the environment, as the
+    backend reads them: SEEDIFF_ALLOWED_ROOTS, SEEDIFF_ALLOWED_HOSTS, SEEDIFF_MAX_IMAGE_BYTES, …)."""
+    from .fetch import Fetcher
+    from .settings import Settings
 
-
-def fetch_task_image(ref: str, url: str, headers: Mapping[str, str]):
-    """Download a task's image from Label Studio itself (``/data/...`` or a same-origin URL); PIL RGB image.
-
-    Refuses any other host: pre-annotation never fetches arbitrary URLs found in task data.
-    """
-    import httpx
-    from PIL import Image, ImageOps
-
-    base = urlsplit(url)
-    target = urljoin(url.rstrip("/") + "/", ref) if ref.startswith("/") else ref
-    parts = urlsplit(target)
-    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
-        raise ValueError(f"refusing to fetch {ref[:120]!r}: not served by Label Studio at {url}")
-    with httpx.stream("GET", target, headers=dict(headers), timeout=60, follow_redirects=False) as resp:
-        if resp.status_code != 200:
-            raise ValueError(f"GET {ref[:120]} from Label Studio answered HTTP {resp.status_code}")
-        data = bytearray()
-        for chunk in resp.iter_bytes():
-            data += chunk
-            if len(data) > MAX_IMAGE_BYTES:
-                raise ValueError(f"{ref[:120]} is larger than {MAX_IMAGE_BYTES >> 20} MiB")
-    with Image.open(io.BytesIO(bytes(data))) as im:
-        out = ImageOps.exif_transpose(im).convert("RGB")
-        out.load()
-    return out
-
-
-def _fetch(ref: str, url: str, headers: Mapping[str, str]):
-    """The one place preannotate fetches images (switch to the backend's ``seediff_labelstudio.fetch`` here
-    once it exists, so both paths share one safe fetcher)."""
-    return fetch_task_image(ref, url, headers)
+    return Fetcher(dataclasses.replace(Settings.from_env(), ls_url=url.rstrip("/"), ls_api_key=api_key))
 
 
 class PreannotateWorker(ItemWorker):
@@ -107,7 +73,7 @@ class PreannotateWorker(ItemWorker):
         self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
                                   dtype=self.params.get("dtype"))
         self.pipe.set_progress_bar_config(disable=True)
-        self.headers = _auth_headers(_client(self.params["url"], self.params["api_key"]), self.params["api_key"])
+        self.fetcher = make_fetcher(self.params["url"], self.params["api_key"])
 
     def teardown(self) -> None:
         import torch
@@ -116,12 +82,13 @@ class PreannotateWorker(ItemWorker):
 
     def process(self, item: Item) -> dict[str, Any]:
         from seediff.modes import read_photo
+        from seediff.predictor import class_prompt
         from seediff.segment import segment
 
         p, plan = self.params, self.plan
-        image = _fetch(item.data["image"], p["url"], self.headers)
+        image = self.fetcher.fetch(item.data["image"])
         classes = plan.classes
-        prompt = "a photo of " + " and ".join(classes)
+        prompt = class_prompt(classes, p.get("prompt_template") or "a photo of {}")
         traced = read_photo(self.pipe, image, prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             seed=item.seed)
         masks = segment(traced.maps_for(0), classes, method=p.get("method", "seediff"))
@@ -174,7 +141,7 @@ def preannotate_project(*, url: str, api_key: str, project: int, model: str, dev
                         dtype: str | None = None, model_version: str | None = None, mode: str = "noise",
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
-                        progress: bool = True) -> PreannotateSummary:
+                        progress: bool = True, prompt_template: str = "a photo of {}") -> PreannotateSummary:
     """Predict every task of ``project`` lacking a ``model_version`` prediction; post them in batches."""
     from label_studio_sdk import PredictionRequest
     from label_studio_sdk.core.api_error import ApiError
@@ -204,7 +171,7 @@ def preannotate_project(*, url: str, api_key: str, project: int, model: str, dev
         items.append(Item(item_id, derive_seed(seed, item_id), {"task": int(task.id), "image": ref}))
     params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, seed=seed, method=method,
                   threads=threads, model_version=version, plan=plan.to_dict(), project=project, url=url,
-                  api_key=api_key)
+                  api_key=api_key, prompt_template=prompt_template)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)
     pending: list[dict[str, Any]] = []

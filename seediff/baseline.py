@@ -23,7 +23,8 @@ def _check_levels(name: str, levels, allow_none: bool = False) -> None:
     """ValueError unless ``levels`` is a non-empty tuple of non-negative ints (or None when allowed)."""
     if levels is None and allow_none:
         return
-    if not isinstance(levels, tuple) or not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in levels):
+    bad = any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in levels) if isinstance(levels, tuple) else True
+    if bad or not levels:
         raise ValueError(f"{name} must be a non-empty tuple of non-negative ints, got {levels!r}")
 
 
@@ -90,7 +91,9 @@ def _require_levels(maps: AttentionMaps, levels, what: str) -> list[int]:
     return levels
 
 
-def diffumask_map(maps: AttentionMaps, word: str, hw: tuple[int, int], config: DiffuMaskConfig, batch: int = 0) -> torch.Tensor:
+def diffumask_map(
+    maps: AttentionMaps, word: str, hw: tuple[int, int], config: DiffuMaskConfig, batch: int = 0
+) -> torch.Tensor:
     """DiffuMask-style map ``[H, W]`` (max-normalised per level, averaged); zeros if every level is flat."""
     parts = []
     for lv in _require_levels(maps, config.levels, "diffumask"):
@@ -136,7 +139,9 @@ def _probs(maps, classes, hw, batch, make, threshold_of) -> tuple[torch.Tensor, 
     return torch.stack(probs) if probs else torch.zeros((0, *hw)), thresholds, reasons
 
 
-def diffumask_probs(maps: AttentionMaps, classes: list[str], config: DiffuMaskConfig, hw: tuple[int, int], batch: int = 0):
+def diffumask_probs(
+    maps: AttentionMaps, classes: list[str], config: DiffuMaskConfig, hw: tuple[int, int], batch: int = 0
+):
     """Per-class DiffuMask-style maps ``[N, H, W]``, thresholds (γ or Otsu) and reasons for empty classes."""
     def threshold_of(m: torch.Tensor) -> float:
         return config.threshold if config.threshold is not None else otsu_threshold(m)

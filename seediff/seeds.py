@@ -158,7 +158,8 @@ def _parse_points(value, image_hw: tuple[int, int], label: str) -> tuple[np.ndar
         raise ValueError(f"points for {label!r} contain NaN or inf")
     labels = arr[:, 2] if arr.shape[1] == 3 else np.ones(len(arr))
     if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"point labels for {label!r} must be 1 (positive) or 0 (negative), got {sorted(set(labels.tolist()))}")
+        got = sorted(set(labels.tolist()))
+        raise ValueError(f"point labels for {label!r} must be 1 (positive) or 0 (negative), got {got}")
     h, w = image_hw
     xy = arr[:, :2]
     bad = (xy[:, 0] < 0) | (xy[:, 0] > w) | (xy[:, 1] < 0) | (xy[:, 1] > h)

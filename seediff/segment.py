@@ -22,9 +22,13 @@ from .capture import AttentionMaps
 from .expand import EXPANSIONS, expand, gate, row_normalize, summed_cosine
 from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
 from .refine import background_consistency, image_tensor, pamr, pamr_affinity
-from .seeds import UserPrompt, aggregate_layers, boxes_mask, fixed_seeds, minmax, otsu_seeds, point_cells, rescale, user_prompts
+from .seeds import (
+    UserPrompt, aggregate_layers, boxes_mask, fixed_seeds, minmax, otsu_seeds, point_cells, rescale, user_prompts,
+)
 
-__all__ = ["SeeDiffConfig", "segment", "METHODS", "CONFIGS", "output_hw", "working_hw", "as_fp32", "seediff_probs", "seed_map"]
+__all__ = [
+    "SeeDiffConfig", "segment", "METHODS", "CONFIGS", "output_hw", "working_hw", "as_fp32", "seediff_probs", "seed_map",
+]
 
 _UPSAMPLE = ("bicubic", "bilinear")
 
@@ -90,7 +94,8 @@ class SeeDiffConfig:
         for name in ("alpha", "threshold", "pamr_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if isinstance(self.pamr_iterations, bool) or not isinstance(self.pamr_iterations, int) or self.pamr_iterations < 0:
+        its = self.pamr_iterations
+        if isinstance(its, bool) or not isinstance(its, int) or its < 0:
             raise ValueError(f"pamr_iterations must be an int >= 0, got {self.pamr_iterations!r}")
         if not isinstance(self.pamr_dilations, tuple) or not self.pamr_dilations or any(
             isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.pamr_dilations
@@ -126,7 +131,9 @@ def as_fp32(maps: AttentionMaps) -> AttentionMaps:
     if all(t.dtype == torch.float32 for t in tensors):
         return maps
     return dataclasses.replace(
-        maps, cross={k: v.float() for k, v in maps.cross.items()}, self_attn={k: v.float() for k, v in maps.self_attn.items()}
+        maps,
+        cross={k: v.float() for k, v in maps.cross.items()},
+        self_attn={k: v.float() for k, v in maps.self_attn.items()},
     )
 
 
@@ -184,7 +191,9 @@ def seed_map(maps: AttentionMaps, word: str, cfg: SeeDiffConfig, hw: tuple[int, 
     return minmax(total, cfg.flat_eps)
 
 
-def _level_constraints(prompt: UserPrompt, image_hw, grid_hw, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _level_constraints(
+    prompt: UserPrompt, image_hw, grid_hw, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(background additions, foreground keeps, box cells) on one grid, as flat bool ``[h·w]`` tensors."""
     n = grid_hw[0] * grid_hw[1]
     add = torch.zeros(n, dtype=torch.bool)
@@ -389,12 +398,13 @@ def _pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes
         notes.append("PAMR skipped: the maps carry no image")
         return labels
     key = ("pamr_affinity", hw, cfg.pamr_dilations, cfg.pamr_sigma_scale)
+    device = next(iter(maps.self_attn.values()), torch.zeros(0)).device  # refine where the maps live (GPU if any)
     aff = cache.get(key) if cache is not None else None
     if aff is None:
-        aff = pamr_affinity(image_tensor(maps.image, hw), cfg.pamr_dilations, cfg.pamr_sigma_scale)
+        aff = pamr_affinity(image_tensor(maps.image, hw).to(device), cfg.pamr_dilations, cfg.pamr_sigma_scale)
         if cache is not None:
             cache[key] = aff
-    refined = pamr(one_hot(labels, n)[1:], aff, cfg.pamr_dilations, cfg.pamr_iterations)
+    refined = pamr(one_hot(labels, n)[1:].to(aff.device), aff, cfg.pamr_dilations, cfg.pamr_iterations).cpu()
     normed = minmax(refined, cfg.flat_eps, dims=(1, 2))
     flat = ~normed.flatten(1).any(1)  # a constant channel (all or nothing of the image) keeps its value
     refined = torch.where(flat[:, None, None], refined, normed)

@@ -119,3 +119,44 @@ def two_colour_image(hw: tuple[int, int], split: float | tuple[float, ...] = 0.5
     img = np.where(lab[..., None] == 0, np.array([200, 40, 40]), np.array([40, 60, 200])).astype(np.float64)
     img += rng.normal(0, 3, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def scene_maps(seed: int = 0, size: int = 128, latent: int = 32, tau: float = 0.01) -> tuple[AttentionMaps, np.ndarray]:
+    """A disc-with-a-leg object on a shaded background, and maps that imitate SD's on it.
+
+    Self-attention at levels 0-2: softmax over −‖c_i − c_j‖²/τ of area-averaged colours (attends to look-alike
+    pixels anywhere, as SD's does); cross-attention at levels 0-3: the true mask area-averaged, blurred and
+    noised (coarse, like SD's). Returns (maps with the image attached, bool true mask ``[size, size]``).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((size, size), np.uint8)
+    cv2.circle(gt, (int(size * 0.4), int(size * 0.55)), int(size * 0.22), 1, -1)
+    cv2.rectangle(gt, (int(size * 0.38), int(size * 0.55)), (int(size * 0.44), int(size * 0.95)), 1, -1)
+    img = np.where(gt[..., None] > 0, [200, 80, 60], [90, 150, 210]).astype(np.float64)
+    img += np.linspace(0, 30, size)[:, None, None] + rng.normal(0, 6, img.shape)
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    ids = [BOS] + tokenize("a photo of a dog") + [EOS, PAD, PAD]
+    levels, cross, self_attn = {}, {}, {}
+    for lv in (0, 1, 2, 3):
+        h = latent >> lv
+        colours = torch.from_numpy(cv2.resize(img.astype(np.float32) / 255, (h, h), interpolation=cv2.INTER_AREA))
+        colours = colours.reshape(-1, 3)
+        if lv <= 2:
+            levels[f"self{lv}"] = lv
+            self_attn[f"self{lv}"] = torch.softmax(-torch.cdist(colours, colours) ** 2 / tau, 1)[None]
+        g = cv2.resize(gt.astype(np.float32), (h, h), interpolation=cv2.INTER_AREA)
+        g = np.clip(cv2.GaussianBlur(g, (0, 0), max(0.6, h / 10)) + rng.normal(0, 0.1, g.shape), 0, None) + 0.05
+        m = torch.from_numpy(g.reshape(-1)).float()
+        m = m / m.max() * 0.5
+        probs = torch.zeros(h * h, len(ids))
+        probs[:, ids.index(VOCAB["dog"])] = m
+        probs[:, ids.index(VOCAB["photo"])] = 1 - m
+        levels[f"cross{lv}"] = lv
+        cross[f"cross{lv}"] = probs[None]
+    maps = AttentionMaps(
+        levels=levels, cross=cross, self_attn=self_attn, latent_hw=(latent, latent), token_ids=[ids],
+        tokenize=tokenize, special_ids=frozenset({BOS, EOS, PAD}), original_hw=(size, size), image=img,
+    )
+    return maps, gt > 0

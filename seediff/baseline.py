@@ -144,6 +144,7 @@ def diffumask_probs(
 ):
     """Per-class DiffuMask-style maps ``[N, H, W]``, thresholds (γ or Otsu) and reasons for empty classes."""
     def threshold_of(m: torch.Tensor) -> float:
+        """γ when configured, else Otsu on the class's map."""
         return config.threshold if config.threshold is not None else otsu_threshold(m)
 
     return _probs(maps, classes, hw, batch, lambda w: diffumask_map(maps, w, hw, config, batch), threshold_of)

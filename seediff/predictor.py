@@ -101,6 +101,7 @@ class SeeDiffPredictor:
         return self._maps
 
     def _require(self) -> None:
+        """RuntimeError unless an image was generated or set."""
         if self._image is None:
             raise RuntimeError("no image is set: call .generate(prompt, seed) or .set_image(photo, prompt) first")
 

@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -37,15 +38,17 @@ def _job(root: Path, model: Path, items_n: int, steps: int):
     return synthesize_spec(root, params), items
 
 
-def _run(name: str, executor, root: Path, model: Path, items_n: int, steps: int) -> tuple[float, bytes]:
+def _run(name: str, executor, root: Path, model: Path, items_n: int, steps: int) -> tuple[float, float, bytes]:
+    """(wall seconds, median seconds per item inside the worker, merged COCO bytes)."""
     spec, items = _job(root / name, model, items_n, steps)
+    per_item: list[float] = []
     t0 = time.perf_counter()
-    report = run_job(spec, items, executor, progress=False)
+    report = run_job(spec, items, executor, progress=False, on_result=lambda r: per_item.append(float(r["seconds"])))
     seconds = time.perf_counter() - t0
     if not report.complete:
         raise RuntimeError(f"{name}: items failed: {report.failed}")
     finish(spec, items, root / name / "coco.json")
-    return seconds, (root / name / "coco.json").read_bytes()
+    return seconds, statistics.median(per_item), (root / name / "coco.json").read_bytes()
 
 
 def main() -> None:
@@ -63,20 +66,20 @@ def main() -> None:
     try:
         model = root / "tiny"
         build_tiny_pipeline(model)
-        local_s, local_coco = _run("local", LocalExecutor(), root, model, args.items, args.steps)
-        rows = [("in-process", 1, local_s, True)]
+        local_s, local_item, local_coco = _run("local", LocalExecutor(), root, model, args.items, args.steps)
+        rows = [("in-process", 1, local_s, local_item, True)]
         ray.init(num_cpus=max(args.workers) + 1, include_dashboard=False, logging_level="ERROR",
                  configure_logging=True, log_to_driver=False)
         try:
             for w in args.workers:
-                s, coco = _run(f"ray{w}", RayExecutor(workers=w), root, model, args.items, args.steps)
-                rows.append(("ray", w, s, coco == local_coco))
+                s, item_s, coco = _run(f"ray{w}", RayExecutor(workers=w), root, model, args.items, args.steps)
+                rows.append(("ray", w, s, item_s, coco == local_coco))
         finally:
             ray.shutdown()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    base = next(s for kind, w, s, _ in rows if kind == "ray" and w == min(args.workers))
+    base = next(s for kind, w, s, _, _ in rows if kind == "ray" and w == min(args.workers))
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, 1-min load average {load_before:.1f} at start "
         f"(other processes compete for the cores), Python {platform.python_version()}; "
@@ -84,12 +87,16 @@ def main() -> None:
         f"Command: `python bench/ray_scaling.py --items {args.items} --steps {args.steps} "
         f"--workers {' '.join(map(str, args.workers))}`",
         "",
-        "| executor | workers | wall s | items/s | speed-up vs 1 Ray worker | COCO identical to in-process |",
-        "|---|---:|---:|---:|---:|---|",
+        "| executor | workers | wall s | items/s | s per item (in worker, median) | speed-up vs 1 Ray worker "
+        "| COCO identical to in-process |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for kind, w, s, same in rows:
+    for kind, w, s, item_s, same in rows:
         speed = f"{base / s:.2f}x" if kind == "ray" else "—"
-        lines.append(f"| {kind} | {w} | {s:.1f} | {args.items / s:.2f} | {speed} | {'yes' if same else 'NO'} |")
+        lines.append(f"| {kind} | {w} | {s:.1f} | {args.items / s:.2f} | {item_s:.2f} | {speed} | "
+                     f"{'yes' if same else 'NO'} |")
+    lines += ["", "Per-item time in the worker rising with more workers means the workers compete for cores "
+              "(compare the load average above); Ray overhead shows as wall time beyond items × per-item time."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -93,6 +93,17 @@ def _classes(values: List[str] | None) -> list[str]:
     return check_classes(words)
 
 
+def _check_method(method: str, mode: str | None = None) -> None:
+    """Refuse an unknown --method or --mode before any model is loaded (else every item would fail alike)."""
+    from .modes import PHOTO_MODES
+    from .segment import METHODS
+
+    if method not in METHODS:
+        raise UserError(f"--method must be one of {', '.join(sorted(METHODS))}, got {method!r}")
+    if mode is not None and mode not in PHOTO_MODES:
+        raise UserError(f"--mode must be one of {', '.join(PHOTO_MODES)}, got {mode!r}")
+
+
 def _executor(name: str, ray_address: str | None, workers: int | None, batch_size: int):
     from .jobs.executors import make_executor
 
@@ -143,6 +154,7 @@ def synthesize(
     from .jobs import finish, plan_synthesize, run_job, synthesize_spec
 
     names = _classes(classes)
+    _check_method(method)
     items = plan_synthesize(names, per_class, prompt, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, steps=steps,
                   guidance=guidance, height=size, width=size, method=method, threads=threads)
@@ -179,6 +191,7 @@ def annotate(
     from .jobs import annotate_spec, finish, plan_annotate, run_job
 
     names = _classes(classes)
+    _check_method(method, mode)
     if prompt.count("{}") != 1:
         raise UserError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
     items = plan_annotate(images_dir, seed)
@@ -286,6 +299,7 @@ def preannotate(
     batch_size: int = BatchOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
+    _check_method(method, mode)
     try:
         from seediff_labelstudio.preannotate import preannotate_project
     except ImportError as exc:
@@ -324,6 +338,7 @@ def show(
     from .segment import segment
 
     names = _classes(classes)
+    _check_method(method, mode)
     if not image.is_file():
         raise UserError(f"{image} is not a file")
     if prompt.count("{}") != 1:

@@ -86,6 +86,8 @@ def test_annotate_folder_keeps_original_sizes(tmp_path, tiny_pipe_path):
     (["synthesize", "--classes", "dog", "--prompt", "no slot", "--out", "{tmp}/o"], "exactly once"),
     (["synthesize", "--classes", "dog", "--out", "{tmp}/o", "--model", "{tmp}/missing-model"], "error:"),
     (["synthesize", "--classes", "dog", "--out", "{tmp}/o", "--executor", "spark"], "executor must be one of"),
+    (["synthesize", "--classes", "dog", "--out", "{tmp}/o", "--method", "sam"], "--method must be one of daam"),
+    (["annotate", "{tmp}", "--classes", "dog", "--out", "{tmp}/x.json", "--mode", "fast"], "--mode must be one of"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, argv, message):
     r = _invoke(*[a.replace("{tmp}", str(tmp_path)) for a in argv])

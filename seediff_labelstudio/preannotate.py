@@ -137,12 +137,27 @@ def _tasks(client, project: int, page_size: int) -> Iterator[Any]:
     yield from client.tasks.list(project=project, fields="all", page_size=page_size)
 
 
-def preannotate_project(*, url: str, api_key: str, project: int, model: str, device: str | None = None,
+def preannotate_project(**kwargs: Any) -> PreannotateSummary:
+    """Predict every task of a project lacking a ``model_version`` prediction; post them in batches.
+
+    Keyword arguments as :func:`_preannotate`. A Label Studio that cannot be reached is reported as a
+    ``ValueError`` (results computed so far are kept in the work folder and posted by the next run).
+    """
+    import httpx
+
+    try:
+        return _preannotate(**kwargs)
+    except httpx.TransportError as exc:
+        raise ValueError(f"cannot reach Label Studio at {kwargs.get('url')}: {type(exc).__name__}: {exc}; "
+                         "rerun the same command to resume") from None
+
+
+def _preannotate(*, url: str, api_key: str, project: int, model: str, device: str | None = None,
                         dtype: str | None = None, model_version: str | None = None, mode: str = "noise",
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
                         progress: bool = True, prompt_template: str = "a photo of {}") -> PreannotateSummary:
-    """Predict every task of ``project`` lacking a ``model_version`` prediction; post them in batches."""
+    """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
     from label_studio_sdk.core.api_error import ApiError
 
@@ -158,7 +173,11 @@ def preannotate_project(*, url: str, api_key: str, project: int, model: str, dev
     version = model_version or model_version_for(model, method, mode, t)
     summary = PreannotateSummary(project, version)
     items = []
-    for task in _tasks(client, project, page_size):
+    from tqdm.auto import tqdm
+
+    listing = tqdm(_tasks(client, project, page_size), desc=f"listing project {project}", unit="task",
+                   disable=not progress, file=sys.stderr)
+    for task in listing:
         summary.tasks += 1
         if version in _prediction_versions(task):
             summary.already += 1
@@ -178,16 +197,30 @@ def preannotate_project(*, url: str, api_key: str, project: int, model: str, dev
     posted_ids: set[str] = set()
     store = JobStore(root)
 
+    def send(chunk: list[dict[str, Any]]) -> None:
+        client.projects.import_predictions(id=project, request=[
+            PredictionRequest(task=r["task"], result=r["result"], score=r["score"], model_version=version)
+            for r in chunk])
+
     def post(force: bool = False) -> None:
         if not pending or (len(pending) < batch and not force):
             return
         chunk = pending[:]
         pending.clear()
-        client.projects.import_predictions(id=project, request=[
-            PredictionRequest(task=r["task"], result=r["result"], score=r["score"], model_version=version)
-            for r in chunk])
-        summary.posted += len(chunk)
-        posted_ids.update(f"task-{r['task']}" for r in chunk)
+        try:
+            send(chunk)
+            ok = chunk
+        except ApiError:  # one refused prediction fails the whole request: find it, post the others
+            ok = []
+            for rec in chunk:
+                try:
+                    send([rec])
+                    ok.append(rec)
+                except ApiError as exc:
+                    summary.failed[str(rec["id"])] = (f"Label Studio refused the prediction: HTTP {exc.status_code} "
+                                                      f"{str(exc.body)[:300]}")
+        summary.posted += len(ok)
+        posted_ids.update(str(r["id"]) for r in ok)
 
     def on_result(result: Mapping[str, Any]) -> None:
         if result["status"] == "done":
@@ -202,6 +235,6 @@ def preannotate_project(*, url: str, api_key: str, project: int, model: str, dev
         if rec["id"] not in posted_ids and all(r["id"] != rec["id"] for r in pending):
             pending.append(rec)
     post(force=True)
-    summary.failed.update(report.failed)
+    summary.failed.update({k: v for k, v in report.failed.items() if k not in summary.failed})
     print(f"posted {summary.posted} predictions ({version})", file=sys.stderr)
     return summary

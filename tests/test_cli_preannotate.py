@@ -97,3 +97,15 @@ def test_cli_preannotate_input_errors_are_one_line(tmp_path):
     missing = CliRunner().invoke(app, ["preannotate", "--project", "1"], env={"LABEL_STUDIO_URL": "",
                                                                                 "LABEL_STUDIO_API_KEY": ""})
     assert missing.exit_code == 2 and "--url" in missing.output
+
+
+def test_unreachable_label_studio_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(app, ["preannotate", "--url", f"http://127.0.0.1:{port}", "--api-key", "k",
+                                 "--project", "1", "--work-dir", str(tmp_path), "--no-progress"])
+    assert r.exit_code == 2, r.output
+    assert f"cannot reach Label Studio at http://127.0.0.1:{port}" in r.output and "Traceback" not in r.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -36,6 +37,14 @@ LABEL_CONFIG = """<View>
     <Label value="Circle" predicted_values="circle" background="#e53935"/>
     <Label value="Square" predicted_values="square" background="#1e88e5"/>
   </PolygonLabels>
+  <BrushLabels name="brush" toName="image">
+    <Label value="Circle" predicted_values="circle" background="#e53935"/>
+    <Label value="Square" predicted_values="square" background="#1e88e5"/>
+  </BrushLabels>
+</View>"""
+# Brush only: every region must then be a brush (with both controls the backend picks per mask).
+BRUSH_CONFIG = """<View>
+  <Image name="image" value="$image"/>
   <BrushLabels name="brush" toName="image">
     <Label value="Circle" predicted_values="circle" background="#e53935"/>
     <Label value="Square" predicted_values="square" background="#1e88e5"/>
@@ -77,9 +86,15 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
-def _clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """This process's environment without venv/Python path leaks, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+# Inherited variables Label Studio or the backend would read instead of what a fixture sets (e.g. a
+# developer's LABEL_STUDIO_BASE_DATA_DIR would beat --data-dir and point the test at real data).
+_LEAKY_PREFIXES = ("LABEL_STUDIO_", "DJANGO_", "DATABASE_", "POSTGRE_", "REDIS_", "SEEDIFF_", "BASIC_AUTH_")
+_LEAKY_NAMES = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "HOST", "PORT", "DEBUG", "LOG_LEVEL")
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """This process's environment without Python-path and Label Studio/seediff leaks, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _LEAKY_NAMES and not k.startswith(_LEAKY_PREFIXES)}
     env.update(extra)
     return env
 
@@ -151,18 +166,31 @@ class ServerProcess:
                     f"--- log tail ---\n{self.log_tail()}", pytrace=False)
 
     def stop(self, grace_s: float = 15.0) -> int | None:
-        """SIGTERM the process group, SIGKILL after ``grace_s``; return the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        pgid = self.proc.pid  # start_new_session: the group id is the child's pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            return self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            return self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            return self.proc.wait(timeout=10)
+        """SIGTERM the process group, SIGKILL after ``grace_s``; publish the log; return the exit code."""
+        if self.proc is None:
+            return None
+        code = self.proc.returncode
+        if self.proc.poll() is None:
+            pgid = self.proc.pid  # start_new_session: the group id is the child's pid
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                code = self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(pgid, signal.SIGKILL)
+                code = self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                code = self.proc.wait(timeout=10)
+        publish_log(self.log_path)
+        return code
+
+
+def publish_log(path: Path) -> None:
+    """Copy a per-session log to artifacts/e2e/ (sessions running side by side each write their own first)."""
+    try:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, ARTIFACTS / path.name)
+    except OSError:
+        pass
 
 
 def _health_probe(url: str, headers: dict[str, str] | None = None) -> Callable[[], tuple[bool, str]]:
@@ -211,6 +239,49 @@ def label_studio_bin() -> Path | None:
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
+def label_studio_version(exe: Path) -> str | None:
+    """The Label Studio version installed in the venv holding ``exe`` (from its dist-info), if findable."""
+    infos = sorted(exe.resolve().parent.parent.glob("lib/python3*/site-packages/label_studio-*.dist-info"))
+    return infos[-1].name[len("label_studio-"):-len(".dist-info")] if infos else None
+
+
+def migrated_template(exe: Path, env: dict[str, str]) -> Path | None:
+    """A data dir with all migrations applied and no users, cached in <repo>/.ls-data/template-<version>.
+
+    A fresh Label Studio spends 1-3 minutes migrating its database on this 2-core machine; starting from a
+    copy of a migrated one takes ~20 s. Built once per Label Studio version (``label-studio version``
+    migrates and exits), atomically renamed into place; None (start fresh) when the version is unknown.
+    """
+    version = label_studio_version(exe)
+    if version is None:
+        return None
+    cache = Path(os.environ.get("SEEDIFF_LS_TEMPLATES") or ROOT / ".ls-data")
+    target = cache / f"template-{version}"
+    if (target / "label_studio.sqlite3").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    building = cache / f".building-{version}-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    t0 = time.monotonic()
+    log = cache / f".building-{version}-{os.getpid()}.log"
+    with open(log, "wb") as out:
+        done = subprocess.run([str(exe), "version", "--data-dir", str(building)], env=env, stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+                              timeout=_env_seconds("SEEDIFF_E2E_LS_TIMEOUT", 600))
+    publish_log(log)
+    if done.returncode != 0 or not (building / "label_studio.sqlite3").is_file():
+        shutil.rmtree(building, ignore_errors=True)
+        pytest.fail(f"label-studio could not migrate a fresh database (exit {done.returncode}); see {log}:\n"
+                    f"{log.read_text('utf-8', 'replace')[-4000:]}", pytrace=False)
+    record_timing("label_studio_migrate_s", time.monotonic() - t0)
+    log.unlink(missing_ok=True)
+    try:
+        building.rename(target)
+    except OSError:  # another session got there first
+        shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory) -> Iterator[LabelStudioServer]:
     """A real Label Studio 1.23 on 127.0.0.1 with a fresh data dir, a user and a legacy API token."""
@@ -224,7 +295,7 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudioServer]:
     files_root.mkdir()
     port = free_port()
     username, password, token = "e2e@seediff.test", secrets.token_urlsafe(16), secrets.token_hex(20)
-    env = _clean_env({
+    env = clean_env({
         "LABEL_STUDIO_USERNAME": username,
         "LABEL_STUDIO_PASSWORD": password,
         "LABEL_STUDIO_USER_TOKEN": token,
@@ -242,12 +313,15 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudioServer]:
         # being stored and silently dropped by the editor.
         "fflag_feat_utc_210_prediction_validation_15082025": "true",
     })
+    template = migrated_template(exe, {k: v for k, v in env.items() if not k.startswith("LABEL_STUDIO_")})
+    if template is not None:
+        shutil.copytree(template, base / "data")
     argv = [str(exe), "start", "--no-browser", "--data-dir", str(base / "data"), "--internal-host", "127.0.0.1",
             "--port", str(port), "--enable-legacy-api-token", "--log-level", "WARNING"]
-    server = ServerProcess("label-studio", argv, env, ARTIFACTS / "label-studio.log").start()
+    server = ServerProcess("label-studio", argv, env, base / "label-studio.log").start()
     url = f"http://127.0.0.1:{port}"
     try:
-        # First start applies all migrations: ~50 s on an idle 2-core machine, minutes on a busy one.
+        # From the migrated template ~20 s; a fresh database (unknown version) migrates first, 1-3 min.
         server.wait_ready(_health_probe(f"{url}/health"), _env_seconds("SEEDIFF_E2E_LS_TIMEOUT", 600))
         status, who = get_json(f"{url}/api/current-user/whoami", {"Authorization": f"Token {token}"}, timeout=10)
         if status != 200 or not isinstance(who, dict) or who.get("email") != username:
@@ -325,16 +399,17 @@ class E2EProject:
 
 
 def create_project(client, label_studio: LabelStudioServer, images: list[E2EImage], title: str,
-                   upload: E2EImage | None = None) -> E2EProject:
-    """Project with LABEL_CONFIG; ``images`` arrive through a synced local-files storage, ``upload`` by upload.
+                   upload: E2EImage | None = None, label_config: str = LABEL_CONFIG) -> E2EProject:
+    """A project; ``images`` arrive through a synced local-files storage, ``upload`` by file upload.
 
     Both ways Label Studio serves images (``/data/local-files/?d=...`` and ``/data/upload/...``) are covered.
     """
     import httpx
 
-    project = client.projects.create(title=title, label_config=LABEL_CONFIG)
+    project = client.projects.create(title=title, label_config=label_config)
     folder = label_studio.files_root / "e2e"
-    storage = client.import_storage.local.create(project=project.id, path=str(folder), regex_filter=r".*\.png",
+    only = "^(?:" + "|".join(re.escape(img.path.name) for img in images) + ")$"  # matched against file names
+    storage = client.import_storage.local.create(project=project.id, path=str(folder), regex_filter=only,
                                                  use_blob_urls=True, title="e2e images")
     client.import_storage.local.sync(id=storage.id)
     by_rel = {img.rel: img for img in images}
@@ -342,8 +417,9 @@ def create_project(client, label_studio: LabelStudioServer, images: list[E2EImag
     for task in client.tasks.list(project=project.id, fields="all"):
         ref = str(task.data.get("image", ""))
         rel = ref.split("?d=", 1)[-1] if "?d=" in ref else ""
-        if rel in by_rel:
-            tasks[task.id] = by_rel[rel]
+        if rel not in by_rel:
+            raise RuntimeError(f"local storage sync created task {task.id} for an unexpected file: {task.data}")
+        tasks[task.id] = by_rel[rel]
     missing = set(by_rel) - {img.rel for img in tasks.values()}
     if missing:
         raise RuntimeError(f"local storage sync did not create tasks for {sorted(missing)}")
@@ -400,10 +476,11 @@ def backend_argv(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def backend(label_studio, e2e_model) -> Iterator[BackendServer]:
+def backend(label_studio, e2e_model, tmp_path_factory) -> Iterator[BackendServer]:
     """seediff-labelstudio on a free port, configured to read images from the running Label Studio."""
     port = free_port()
-    env = _clean_env({
+    log_path = tmp_path_factory.mktemp("backend") / "backend.log"
+    env = clean_env({
         "SEEDIFF_MODEL": e2e_model,
         "SEEDIFF_DEVICE": "cpu",
         "LABEL_STUDIO_URL": label_studio.url,
@@ -411,7 +488,7 @@ def backend(label_studio, e2e_model) -> Iterator[BackendServer]:
         "SEEDIFF_ALLOWED_ROOTS": str(label_studio.files_root),
         "HF_HUB_OFFLINE": "1",
     })
-    server = ServerProcess("seediff-labelstudio", backend_argv(port), env, ARTIFACTS / "backend.log").start()
+    server = ServerProcess("seediff-labelstudio", backend_argv(port), env, log_path).start()
     url = f"http://127.0.0.1:{port}"
     try:
         server.wait_ready(_health_probe(f"{url}/health"), _env_seconds("SEEDIFF_E2E_BACKEND_TIMEOUT", 180))

@@ -7,17 +7,12 @@ tests skip with the reason when a piece is missing; under ``CI`` they fail inste
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from .conftest import ARTIFACTS, CONTROL_LABELS, E2EProject, create_project, record_timing, unavailable
+from .conftest import ARTIFACTS, BRUSH_CONFIG, CONTROL_LABELS, E2EProject, create_project, record_timing
 
 pytestmark = pytest.mark.e2e
 
@@ -47,17 +42,21 @@ def check_region(region: dict, width: int, height: int) -> tuple[str, str]:
     return kind, value[kind][0]
 
 
-@pytest.fixture(scope="module")
-def predicted(label_studio, ls_client, e2e_images, backend) -> dict:
-    """A project with 4 tasks (3 via local-files storage, 1 uploaded), the backend connected, and
-    Label Studio's "Retrieve Predictions" action run on all tasks. Returns what the tests check."""
-    project = create_project(ls_client, label_studio, e2e_images, title="seediff e2e", upload=e2e_images[0])
-    assert len(project.tasks) == 4
+def _ml_log_lines(label_studio, n: int = 20) -> str:
+    """The last lines Label Studio logged about ML backends (it swallows /predict errors into its log)."""
+    lines = label_studio.log_path.read_text("utf-8", "replace").splitlines()
+    return "\n".join([ln for ln in lines if "[ml." in ln][-n:])
+
+
+def retrieve_predictions(label_studio, ls_client, backend, project: E2EProject, timing: str):
+    """Connect the backend to ``project`` and run Label Studio's "Retrieve Predictions" action on all tasks;
+    return the ML backend record (with the model_version /setup reported). Label Studio answers the action
+    with 200 even when /predict failed, so success means: a prediction stored for every task."""
+    from label_studio_sdk.core.api_error import ApiError
+
     ml = ls_client.ml.create(project=project.id, url=backend.url, title="seediff")
     ml = ls_client.ml.get(ml.id)
     assert ml.state == ML_CONNECTED, f"backend not connected: state={ml.state} error={ml.error_message}"
-    from label_studio_sdk.core.api_error import ApiError
-
     t0 = time.monotonic()
     error = None
     try:
@@ -65,34 +64,60 @@ def predicted(label_studio, ls_client, e2e_images, backend) -> dict:
                                  selected_items={"all": True, "excluded": []})
     except ApiError as e:  # e.g. a region that Label Studio's config validation rejects
         error = f"HTTP {e.status_code} {str(e.body)[:3000]}"
+    elapsed = time.monotonic() - t0
+    predicted = {p.task for p in ls_client.predictions.list(project=project.id)}
+    if error is None and predicted != set(project.tasks):
+        error = (f"predictions stored for tasks {sorted(predicted)}, not for all of {sorted(project.tasks)}\n"
+                 f"--- Label Studio's ML log ---\n{_ml_log_lines(label_studio)}")
     if error is not None:
         tail = backend.log_path.read_text("utf-8", "replace")[-4000:]
         pytest.fail(f"Retrieve Predictions failed: {error}\n--- backend log tail ---\n{tail}", pytrace=False)
-    predict_s = time.monotonic() - t0
-    record_timing("retrieve_predictions_4_tasks_s", predict_s)
-    return {"project": project, "ml": ls_client.ml.get(ml.id), "predict_s": predict_s}
+    record_timing(timing, elapsed)
+    return ls_client.ml.get(ml.id)
 
 
-def test_predictions_are_stored_with_configured_labels(ls_client, predicted):
-    """Every task gets one stored prediction of the backend's model version with valid, labelled regions."""
-    project: E2EProject = predicted["project"]
-    version = predicted["ml"].model_version
-    assert version, "Label Studio did not record a model_version from /setup"
-    preds = ls_client.predictions.list(project=project.id)
+def stored_predictions(ls_client, project: E2EProject, version: str) -> dict[int, list[tuple[str, str]]]:
+    """Check each task has exactly one stored prediction of ``version`` with a finite score and at least one
+    valid region; return task id → [(region type, label), ...]."""
     by_task: dict[int, list] = {}
-    for p in preds:
+    for p in ls_client.predictions.list(project=project.id):
         by_task.setdefault(p.task, []).append(p)
     assert set(by_task) == set(project.tasks), f"predictions for tasks {sorted(by_task)}, tasks {sorted(project.tasks)}"
-    kinds: set[str] = set()
+    regions: dict[int, list[tuple[str, str]]] = {}
     for task_id, image in project.tasks.items():
         (pred,) = by_task[task_id]
         assert pred.model_version == version
         assert pred.score is not None and np.isfinite(pred.score)
         assert pred.result, f"task {task_id} ({image.rel}) got no regions"
-        for region in pred.result:
-            kind, _ = check_region(region, image.width, image.height)
-            kinds.add(kind)
-    assert kinds == {"polygonlabels", "brushlabels"}, f"region types seen: {sorted(kinds)}"
+        regions[task_id] = [check_region(region, image.width, image.height) for region in pred.result]
+    return regions
+
+
+@pytest.fixture(scope="module")
+def predicted(label_studio, ls_client, e2e_images, backend) -> dict:
+    """Polygon+brush project with 4 tasks (3 via local-files storage, 1 uploaded) after Retrieve Predictions."""
+    project = create_project(ls_client, label_studio, e2e_images, title="seediff e2e", upload=e2e_images[0])
+    assert len(project.tasks) == 4
+    ml = retrieve_predictions(label_studio, ls_client, backend, project, "retrieve_predictions_4_tasks_s")
+    return {"project": project, "ml": ml}
+
+
+def test_predictions_are_stored_with_configured_labels(ls_client, predicted):
+    """Every task gets one stored prediction of the backend's model version with valid, labelled regions
+    (with both controls the backend chooses polygon or brush per mask: seediff.lsformat.ls_results)."""
+    version = predicted["ml"].model_version
+    assert version, "Label Studio did not record a model_version from /setup"
+    stored_predictions(ls_client, predicted["project"], version)
+
+
+def test_brush_only_config_gets_brushes(label_studio, ls_client, e2e_images, backend):
+    """A BrushLabels-only project gets brush regions (RLE of the natural image size) stored."""
+    project = create_project(ls_client, label_studio, e2e_images[2:], title="seediff e2e brush",
+                             label_config=BRUSH_CONFIG)
+    ml = retrieve_predictions(label_studio, ls_client, backend, project, "retrieve_predictions_brush_1_task_s")
+    regions = stored_predictions(ls_client, project, ml.model_version)
+    kinds = {kind for task_regions in regions.values() for kind, _ in task_regions}
+    assert kinds == {"brushlabels"}
 
 
 def test_retrieving_again_skips_predicted_tasks(ls_client, predicted):
@@ -105,10 +130,13 @@ def test_retrieving_again_skips_predicted_tasks(ls_client, predicted):
     assert after == before
 
 
-def test_labeling_page_shows_proposals(label_studio, predicted, browser):
-    """Headless Chromium logs in, opens a task's labeling page and saves a screenshot with the proposals."""
+def test_labeling_page_shows_proposals(label_studio, ls_client, predicted, browser):
+    """Headless Chromium logs in, opens a task's labeling page, finds one region per stored proposal in the
+    editor's region list, and saves a screenshot (artifacts/e2e/labeling-task-<id>.png)."""
     project: E2EProject = predicted["project"]
-    task_id = next(t for t, img in project.tasks.items() if img.path.name == "both.png")
+    task_id, image = next((t, img) for t, img in project.tasks.items() if img.path.name == "both.png")
+    (pred,) = ls_client.predictions.list(task=task_id)
+    expected = {kind: sum(r["type"] == f"{kind}labels" for r in pred.result) for kind in ("polygon", "brush")}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / f"labeling-task-{task_id}.png"
     page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -118,19 +146,23 @@ def test_labeling_page_shows_proposals(label_studio, predicted, browser):
         page.fill("input[name=password]", label_studio.password)
         with page.expect_navigation():
             page.click("button[type=submit]")
+        assert "/user/login" not in page.url, "login failed"
         page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task_id}", wait_until="domcontentloaded")
-        # The editor is up when the task image has loaded and the regions list shows the proposals.
+        # The editor is up when the task image has loaded at its natural size and the region list is filled.
         page.wait_for_function(
-            "() => [...document.images].some(i => i.complete && i.naturalWidth === 192 && i.naturalHeight === 128)",
-            timeout=120_000)
-        page.get_by_text("Circle").first.wait_for(timeout=60_000)
+            "([w, h]) => [...document.images].some(i => i.complete && i.naturalWidth === w && i.naturalHeight === h)",
+            arg=[image.width, image.height], timeout=120_000)
+        page.locator(".lsf-outliner-item").first.wait_for(timeout=60_000)
         page.wait_for_timeout(1500)  # let the canvas draw the regions before the screenshot
         page.screenshot(path=str(shot), full_page=True)
-        body = page.inner_text("body")
+        shown = {kind: page.locator(f".lsf-tree__node_type_{kind}region").count() for kind in expected}
+        listed = page.locator(".lsf-outliner-item__title").all_inner_texts()
     finally:
         page.close()
     assert shot.stat().st_size > 10_000
-    assert "Circle" in body or "Square" in body, "no proposed region label visible on the labeling page"
+    assert shown == expected, f"editor lists {shown} regions, the stored prediction has {expected}"
+    labels = sorted(r["value"][r["type"]][0] for r in pred.result)
+    assert sorted(t.strip() for t in listed) == labels
 
 
 def test_predictions_pushed_through_the_api_are_stored(ls_client, preannotate_target):
@@ -166,45 +198,3 @@ def test_predictions_pushed_through_the_api_are_stored(ls_client, preannotate_ta
         ls_client.predictions.create(task=task_id, result=bad, model_version="e2e-bad")
     assert err.value.status_code == 400
     assert len(ls_client.predictions.list(task=task_id)) == 1
-
-
-def _preannotate_missing() -> str | None:
-    """Why `seediff preannotate` cannot run yet (None when it can): CLI command and implementation module."""
-    import importlib.util
-
-    exe = Path(sys.executable).parent / "seediff"
-    if not exe.is_file():
-        return f"the seediff command is not installed next to {sys.executable}"
-    done = subprocess.run([str(exe), "preannotate", "--help"], capture_output=True, timeout=120)
-    if done.returncode != 0:
-        return "the seediff CLI has no `preannotate` command yet"
-    if importlib.util.find_spec("seediff_labelstudio") is None or \
-            importlib.util.find_spec("seediff_labelstudio.preannotate") is None:
-        return "seediff_labelstudio.preannotate (the CLI's implementation) does not exist yet"
-    return None
-
-
-def test_cli_preannotate(ls_client, preannotate_target, tmp_path):
-    """`seediff preannotate` fills a real project with valid predictions, and a rerun adds none
-    (flags: docs/BACKEND_CONTRACT.md)."""
-    missing = _preannotate_missing()
-    if missing:
-        if "command yet" in missing:
-            pytest.skip(f"{missing} (cli owner; see docs/BACKEND_CONTRACT.md)")
-        unavailable(missing)
-    target = preannotate_target
-    argv = [str(Path(sys.executable).parent / "seediff"), "preannotate", "--url", target.url, "--api-key",
-            target.api_key, "--project", str(target.project.id), "--model", target.model, "--device", "cpu",
-            "--work-dir", str(tmp_path / "work")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for attempt in ("first run", "rerun"):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-        assert done.returncode == 0, f"{attempt} of {shlex.join(argv[:2])} failed (exit {done.returncode}):\n" \
-                                     f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        preds = ls_client.predictions.list(project=target.project.id)
-        assert sorted(p.task for p in preds) == sorted(target.project.tasks), f"after {attempt}"
-    for p in preds:
-        image = target.project.tasks[p.task]
-        assert p.model_version and p.result, f"task {p.task}: empty prediction"
-        for region in p.result:
-            check_region(region, image.width, image.height)

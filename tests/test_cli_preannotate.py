@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import io
 import threading
-from pathlib import Path
 
 import pytest
 from PIL import Image

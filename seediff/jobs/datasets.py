@@ -22,11 +22,11 @@ import numpy as np
 from ..coco import INFO, merge_coco, to_coco
 from . import render
 from .spec import Item, ItemWorker, JobSpec, derive_seed
-from .store import JobStore, png_bytes, slug
+from .store import png_bytes, slug
 
 __all__ = [
     "SYNTH_IDENTITY", "ANNOTATE_IDENTITY", "IMAGE_SUFFIXES", "check_classes", "plan_synthesize", "plan_annotate",
-    "synthesize_spec", "annotate_spec", "merge", "SynthesizeWorker", "AnnotateWorker",
+    "synthesize_spec", "annotate_spec", "merge", "finish", "list_images", "SynthesizeWorker", "AnnotateWorker",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -217,8 +217,3 @@ def finish(spec: JobSpec, items: Sequence[Item], coco_path: str | os.PathLike) -
     Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
     write_coco(coco_path, dataset)
     return dataset
-
-
-def store_of(spec: JobSpec) -> JobStore:
-    """The job's store."""
-    return JobStore(spec.root)

@@ -284,7 +284,7 @@ class AttentionMaps:
         keep = torch.tensor([t not in self.special_ids for t in self.token_ids[batch]])
         out = []
         for n in names:
-            a = self.cross[n][batch]  # [hw, T]
+            a = self.cross[n][batch].float()  # [hw, T]; normalise in fp32 whatever the stored dtype
             if exclude_special:
                 a = a / a[:, keep[: a.shape[1]]].sum(-1, keepdim=True).clamp_min(1e-12)
             out.append(a[:, idx].mean(-1).view(h, w))

@@ -10,6 +10,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+import torch  # noqa: E402
+
+# One thread: the tiny models are dominated by per-op overhead (one tiny generation: 0.5 s with 1 thread vs
+# 30 s with 2 on a loaded 2-core box), and results are then independent of the machine's core count.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_pipe_path(tmp_path_factory):

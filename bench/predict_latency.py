@@ -1,0 +1,105 @@
+"""Backend latency: one /predict per task broken down into fetch / read (VAE + UNet) / masks / results, as a
+ratio to the model pass it needs, and throughput under 1, 4 and 16 concurrent clients — all in one run.
+
+The app is the real one (``create_app``) served in-process; images are PNG files under an allowed root.
+
+    python bench/predict_latency.py --model builtin:shapes --tasks 8 --out bench/results/predict_latency.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<PolygonLabels name="poly" toName="image"><Label value="Circle" predicted_values="circle"/>
+<Label value="Square" predicted_values="square"/></PolygonLabels></View>"""
+
+
+def _images(root: Path, n: int, size: int) -> list[str]:
+    """Shape scenes if the shapes world is there, else noise; written as PNG under ``root``."""
+    from seediff.testing.shapes import SceneConfig, make_scene
+
+    names = []
+    for i in range(n):
+        scene = make_scene(10_000 + i, SceneConfig(size=size))
+        Image.fromarray(scene.image).save(root / f"t{i}.png")
+        names.append(f"t{i}.png")
+    return names
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin:shapes")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--size", type=int, default=32, help="image side in pixels")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from seediff_labelstudio.model import SeeDiffModel
+    from seediff_labelstudio.server import create_app
+    from seediff_labelstudio.settings import Settings
+
+    root = Path(tempfile.mkdtemp(prefix="seediff-bench-"))
+    names = _images(root, args.tasks, args.size)
+    settings = Settings.from_env({"SEEDIFF_MODEL": args.model, "SEEDIFF_DEVICE": args.device,
+                                  "SEEDIFF_ALLOWED_ROOTS": str(root)})
+    model = SeeDiffModel(settings)
+    model.load()
+    if not model.ready:
+        sys.exit(f"model failed to load: {model.error}")
+    client = TestClient(create_app(settings, model))
+
+    def predict(name: str) -> float:
+        t0 = time.perf_counter()
+        r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": f"/data/local-files/?d={name}"}}],
+                                          "label_config": CONFIG})
+        assert r.status_code == 200 and len(r.json()["results"]) == 1, r.text[:300]
+        return time.perf_counter() - t0
+
+    predict(names[0])  # warm-up
+    before = dict(model.metrics)
+    walls = [predict(n) for n in names]
+    after = dict(model.metrics)
+    d = {k: (after.get(k, 0.0) - before.get(k, 0.0)) / len(names) for k in after}
+    wall = float(np.mean(walls))
+    rows = [("fetch", d.get("fetch_s", 0)), ("read photo (VAE encode + 1 UNet pass)", d.get("unet_s", 0)),
+            ("masks (SeeDiff)", d.get("masks_s", 0)), ("encode results", d.get("results_s", 0)),
+            ("whole /predict (client wall)", wall)]
+    unet = max(d.get("unet_s", 0), 1e-9)
+    lines = [f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, device {args.device}. "
+             f"Model `{args.model}`, {args.size}px images, {len(names)} tasks. "
+             f"Command: `python bench/predict_latency.py {' '.join(sys.argv[1:])}`", "",
+             "| stage | ms per task | × model pass |", "|---|---|---|"]
+    lines += [f"| {name} | {1000 * v:.1f} | {v / unet:.2f} |" for name, v in rows]
+    lines += ["", f"**/predict ÷ model pass: {wall / unet:.2f}×** (target ≤ 1.3×)", "",
+              "| concurrent clients | requests | tasks/s | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+    for clients in (1, 4, 16):
+        reqs = [names[i % len(names)] for i in range(max(8, 2 * clients))]
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(clients) as pool:
+            lat = sorted(pool.map(predict, reqs))
+        total = time.perf_counter() - t0
+        lines.append(f"| {clients} | {len(reqs)} | {len(reqs) / total:.1f} | {1000 * lat[len(lat) // 2]:.0f} | "
+                     f"{1000 * lat[int(0.95 * (len(lat) - 1))]:.0f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,27 +1,35 @@
 """Fetch a task's image safely: only from Label Studio, allowed hosts, or files under allowed roots.
 
-No SSRF: an http(s) URL must name the Label Studio host or a host in ``SEEDIFF_ALLOWED_HOSTS``, matched by
-name as written (a DNS answer can never widen the allow-list), and every redirect is checked again. No path
-traversal: local files are read only when their real path (symlinks resolved, no '..') lies under an allowed
-root. Caps on bytes and pixels (decompression bombs); EXIF orientation applied. The API key is sent only to Label Studio and never logged.
+No SSRF: an http(s) URL must name the Label Studio host (``LABEL_STUDIO_URL``, trusted as configured) or a host
+in ``SEEDIFF_ALLOWED_HOSTS``, matched by name as written. An allowed host's name is resolved and refused when
+any address is loopback, private, link-local or otherwise not global, unless the host is also in
+``SEEDIFF_ALLOWED_PRIVATE_HOSTS``; the connection then goes to the checked address (no DNS rebinding between
+check and connect). Every redirect is checked again. No path traversal: local files are read only when their
+real path (symlinks resolved, no '..') lies under an allowed root. Caps on bytes and pixels (decompression
+bombs), a short list of raster formats (no EPS/PDF decoders), EXIF orientation applied. The API key is sent
+only to Label Studio and never logged; a personal access token (a JWT refresh token) is exchanged for an
+access token through Label Studio's ``/api/token/refresh/``.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
+import socket
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urljoin, urlsplit
+from urllib.parse import parse_qs, unquote, urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps
 
-from .settings import Settings
+from .settings import Settings, jwt_claims
 
-__all__ = ["FetchError", "Fetcher", "auth_header"]
+__all__ = ["FetchError", "Fetcher", "auth_header", "IMAGE_FORMATS"]
 
 _MAX_REDIRECTS = 3
 _LS_PREFIXES = ("/data/", "/tasks/", "/api/", "/storage-data/")  # paths Label Studio serves
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO")  # decoders a task image may use
 
 
 class FetchError(ValueError):
@@ -30,7 +38,7 @@ class FetchError(ValueError):
 
 def auth_header(key: str) -> str:
     """'Token <key>' for a legacy token, 'Bearer <key>' for a JWT (personal access / access token)."""
-    return f"Bearer {key}" if key.count(".") == 2 and key.startswith("eyJ") else f"Token {key}"
+    return f"Bearer {key}" if jwt_claims(key) is not None else f"Token {key}"
 
 
 class Fetcher:
@@ -39,18 +47,22 @@ class Fetcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ls = urlsplit(settings.ls_url) if settings.ls_url else None
-        self._access: tuple[str, float] | None = None  # exchanged JWT access token and its expiry
+        self._access: dict[str, tuple[str, float]] = {}  # refresh token → (access token, expiry)
         self._lock = threading.Lock()
 
     # ---- public --------------------------------------------------------------------------------------
-    def fetch(self, ref: object) -> Image.Image:
-        """The image ``ref`` points to (task data value): '/data/...', http(s) URL or an allowed local path."""
+    def fetch(self, ref: object, api_key: str | None = None) -> Image.Image:
+        """The image ``ref`` points to (task data value): '/data/...', http(s) URL or an allowed local path.
+
+        ``api_key``: the key for Label Studio when ``LABEL_STUDIO_API_KEY`` is unset (the token Label Studio
+        sent in ``/setup``); never sent anywhere but ``LABEL_STUDIO_URL``.
+        """
         if not isinstance(ref, str) or not ref.strip():
             raise FetchError(f"the task's image reference must be a non-empty string, got {type(ref).__name__}")
         ref = ref.strip()
         parts = urlsplit(ref)
         if parts.scheme in ("http", "https"):
-            return self._decode(self._get(ref))
+            return self._decode(self._get(ref, api_key))
         if parts.scheme == "file":
             return self._decode(self._read_local(Path(unquote(parts.path))))
         if parts.scheme:
@@ -59,10 +71,14 @@ class Fetcher:
             local = self._local_files_path(ref)
             if local is not None:
                 return self._decode(self._read_local(local))
+        elif ref.startswith("/") and "?" not in ref:
+            local = self._under_roots(Path(ref))
+            if local is not None and local.is_file():  # e.g. a root mounted at /data/images
+                return self._decode(self._read_local(local))
         if ref.startswith(_LS_PREFIXES):
             if self._ls is None:
                 raise FetchError(f"{ref[:100]!r} is served by Label Studio, but LABEL_STUDIO_URL is not set")
-            return self._decode(self._get(urljoin(self.settings.ls_url + "/", ref.lstrip("/"))))
+            return self._decode(self._get(urljoin(self.settings.ls_url + "/", ref.lstrip("/")), api_key))
         if ref.startswith("/"):
             return self._decode(self._read_local(Path(ref)))
         raise FetchError(f"cannot fetch {ref[:100]!r}: not a URL, a Label Studio path or an absolute file path")
@@ -100,63 +116,105 @@ class Fetcher:
         size = real.stat().st_size
         if size > self.settings.max_image_bytes:
             raise FetchError(f"image file is {size} bytes, over the {self.settings.max_image_bytes}-byte cap")
-        return real.read_bytes()
+        with real.open("rb") as fh:
+            return fh.read(self.settings.max_image_bytes + 1)[: self.settings.max_image_bytes]
 
     # ---- http ----------------------------------------------------------------------------------------
     def _is_ls(self, parts) -> bool:
         return self._ls is not None and (parts.scheme, parts.hostname, parts.port) == (
             self._ls.scheme, self._ls.hostname, self._ls.port)
 
-    def _check_url(self, url: str) -> bool:
-        """Raise FetchError unless ``url`` may be fetched; returns whether it is Label Studio (gets the key)."""
+    def _target(self, url: str) -> tuple[bool, str, dict[str, str], dict]:
+        """Check ``url``; returns (is Label Studio, URL to connect to, extra headers, httpx extensions).
+
+        Label Studio is reached as configured. Any other host must be allowed by name and, unless it is a
+        private host, resolve only to global addresses; it is then reached at the address that was checked.
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FetchError(f"refusing to fetch {url[:100]!r}: only http(s) URLs")
         if self._is_ls(parts):
-            return True
+            return True, url, {}, {}
         host = parts.hostname.lower()
-        if host not in self.settings.allowed_hosts:
+        private_ok = host in self.settings.allowed_private_hosts
+        if host not in self.settings.allowed_hosts and not private_ok:
             raise FetchError(
                 f"refusing to fetch from host {host!r}: only Label Studio ({self._ls.hostname if self._ls else 'unset'}) "
                 "and SEEDIFF_ALLOWED_HOSTS are allowed")
-        return False
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise FetchError(f"cannot resolve image host {host!r}: {exc}") from None
+        addrs = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        bad = [a for a in addrs if not a.is_global]
+        if bad and not private_ok:
+            raise FetchError(f"refusing to fetch from host {host!r}: it resolves to non-public address {bad[0]} "
+                             "(list it in SEEDIFF_ALLOWED_PRIVATE_HOSTS if that is intended)")
+        ip = addrs[0]
+        netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+        pinned = urlunsplit((parts.scheme, f"{netloc}:{port}", parts.path or "/", parts.query, ""))
+        host_header = host if parts.port is None else f"{host}:{parts.port}"
+        return False, pinned, {"Host": host_header}, {"sni_hostname": host}
 
-    def _headers(self, is_ls: bool) -> dict[str, str]:
-        key = self.settings.ls_api_key
+    def _auth(self, is_ls: bool, api_key: str | None, renew: bool = False) -> dict[str, str]:
+        """The Authorization header for Label Studio: 'Token' for a legacy key, 'Bearer' for a JWT."""
+        key = self.settings.ls_api_key or api_key
         if not (is_ls and key):
             return {}
-        if key.count(".") == 2 and key.startswith("eyJ"):
-            return {"Authorization": f"Bearer {self._access_token(key)}"}
-        return {"Authorization": f"Token {key}"}
+        claims = jwt_claims(key)
+        if claims is None:
+            return {"Authorization": f"Token {key}"}
+        if claims.get("token_type", "access") != "refresh":
+            return {"Authorization": f"Bearer {key}"}
+        return {"Authorization": f"Bearer {self._access_token(key, renew)}"}
 
-    def _access_token(self, key: str) -> str:
-        """A personal access token is a JWT *refresh* token: exchange it once for an access token (cached)."""
+    def _access_token(self, refresh: str, renew: bool) -> str:
+        """A personal access token is a JWT *refresh* token: exchange it for an access token (cached to expiry)."""
         import httpx
 
         with self._lock:
-            if self._access and self._access[1] > time.time():
-                return self._access[0]
+            cached = self._access.get(refresh)
+            if cached and cached[1] > time.time() and not renew:
+                return cached[0]
+            url = f"{self.settings.ls_url}/api/token/refresh/"
             try:
-                r = httpx.post(f"{self.settings.ls_url}/api/token/refresh", json={"refresh": key},
-                               timeout=self.settings.fetch_timeout)
-                if r.status_code == 200 and isinstance(r.json().get("access"), str):
-                    self._access = (r.json()["access"], time.time() + 240)
-                    return self._access[0]
-            except (httpx.HTTPError, ValueError):
-                pass
-            return key  # already an access token, or an LS that takes the JWT directly
+                r = httpx.post(url, json={"refresh": refresh}, timeout=self.settings.fetch_timeout)
+            except httpx.HTTPError as exc:
+                raise FetchError(f"exchanging LABEL_STUDIO_API_KEY at {_redact(url)} failed: {type(exc).__name__}") from None
+            try:
+                access = r.json().get("access") if r.status_code == 200 else None
+            except ValueError:
+                access = None
+            if not isinstance(access, str):
+                raise FetchError(f"Label Studio refused to exchange the personal access token (LABEL_STUDIO_API_KEY): "
+                                 f"POST {_redact(url)} answered HTTP {r.status_code}")
+            exp = (jwt_claims(access) or {}).get("exp")
+            expiry = float(exp) - 30 if isinstance(exp, (int, float)) else time.time() + 240
+            self._access[refresh] = (access, expiry)
+            return access
 
-    def _get(self, url: str) -> bytes:
+    def _get(self, url: str, api_key: str | None = None) -> bytes:
         """GET with manual redirects (each target re-checked), timeouts and a byte cap."""
         import httpx
 
-        for _ in range(_MAX_REDIRECTS + 1):
-            is_ls = self._check_url(url)  # by host name: a name that merely resolves to an allowed address is not allowed
+        renewed = False
+        redirects = 0
+        while True:
+            is_ls, target, headers, extensions = self._target(url)
+            headers = {**headers, **self._auth(is_ls, api_key, renew=renewed)}
+            # A pinned (non-LS) target goes direct: a proxy from the environment would resolve the name again.
+            client = httpx.Client(timeout=self.settings.fetch_timeout, follow_redirects=False, trust_env=is_ls)
             try:
-                with httpx.stream("GET", url, headers=self._headers(is_ls), timeout=self.settings.fetch_timeout,
-                                  follow_redirects=False) as resp:
+                with client, client.stream("GET", target, headers=headers, extensions=extensions) as resp:
                     if resp.is_redirect:
+                        redirects += 1
+                        if redirects > _MAX_REDIRECTS:
+                            raise FetchError(f"too many redirects fetching {_redact(url)}")
                         url = urljoin(url, resp.headers.get("location", ""))
+                        continue
+                    if resp.status_code == 401 and is_ls and not renewed and "Bearer" in headers.get("Authorization", ""):
+                        renewed = True  # the cached access token may have expired early: exchange once more
                         continue
                     if resp.status_code != 200:
                         raise FetchError(f"GET {_redact(url)} answered HTTP {resp.status_code}")
@@ -164,26 +222,28 @@ class Fetcher:
                     if declared > self.settings.max_image_bytes:
                         raise FetchError(f"image is {declared} bytes, over the {self.settings.max_image_bytes}-byte cap")
                     data = bytearray()
+                    deadline = time.monotonic() + self.settings.fetch_timeout  # total, not per read: no slow drip
                     for chunk in resp.iter_bytes():
                         data += chunk
                         if len(data) > self.settings.max_image_bytes:
                             raise FetchError(f"image is over the {self.settings.max_image_bytes}-byte cap")
+                        if time.monotonic() > deadline:
+                            raise httpx.ReadTimeout("total time")
                     return bytes(data)
             except httpx.TimeoutException:
                 raise FetchError(f"GET {_redact(url)} timed out after {self.settings.fetch_timeout:g} s") from None
             except httpx.HTTPError as exc:
                 raise FetchError(f"GET {_redact(url)} failed: {type(exc).__name__}") from None
-        raise FetchError(f"too many redirects fetching {_redact(url)}")
 
     # ---- decoding ------------------------------------------------------------------------------------
     def _decode(self, data: bytes) -> Image.Image:
         """Decode with the pixel cap checked before pixels are allocated; EXIF orientation applied."""
         try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError:
-            raise FetchError(f"image is over the {self.settings.max_image_pixels}-pixel cap") from None
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except Image.DecompressionBombError as exc:  # PIL's own guard (2× its limit) fired before ours
+            raise FetchError(f"image is over the {self.settings.max_image_pixels}-pixel cap ({exc})") from None
         except Exception:
-            raise FetchError("the file is not an image PIL can read") from None
+            raise FetchError(f"the file is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
         with im:
             w, h = im.size
             if w * h > self.settings.max_image_pixels:

@@ -3,7 +3,7 @@
 ``GET /health`` and ``GET /`` (no auth: Label Studio probes them with a 1 s timeout), ``POST /setup``,
 ``POST /predict``, ``POST /webhook``, ``GET /metrics``; HTTP basic auth on all but the health probes when
 ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` are set. Requests are validated by pydantic (malformed JSON → 422,
-never a 500), and the OpenAPI spec at ``/openapi.json`` drives the fuzz tests.
+never a 500); the OpenAPI spec at ``/openapi.json`` describes them (for clients and schema fuzzers).
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class PredictRequest(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    results: list[dict[str, Any]]
+    """One entry per task: a prediction, or [] (no prediction: Label Studio stores nothing, asks again later)."""
+
+    results: list[dict[str, Any] | list[Any]]
 
 
 def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI:
@@ -63,9 +65,18 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
                   description="SeeDiff polygon/brush proposals from Stable Diffusion attention.")
     app.state.model = model
     app.state.configs: dict[str, str] = {}
+    app.state.tokens: dict[str, str] = {}  # project → access_token from /setup (used if LABEL_STUDIO_API_KEY unset)
     basic = HTTPBasic(auto_error=False)
 
-    def auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+    @app.middleware("http")
+    async def _body_cap(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes (SEEDIFF_MAX_BODY_BYTES)"},
+                                status_code=413)
+        return await call_next(request)
+
+    async def auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
         if not settings.basic_auth_user:
             return
         ok = credentials is not None and secrets.compare_digest(
@@ -84,18 +95,20 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             return {"status": "UP", "model_class": MODEL_CLASS, "model_version": model.model_version}, 200
         return {"status": "ERROR", "model_class": MODEL_CLASS, "reason": model.error or "model not loaded"}, 503
 
+    # Health, index, setup and metrics are async: they answer on the event loop even while every worker
+    # thread is busy with /predict (Label Studio gives /health 1 s and /setup 3 s).
     @app.get("/health")
-    def health():
+    async def health():
         body, code = health_body()
         return JSONResponse(body, status_code=code)
 
     @app.get("/")
-    def index():
+    async def index():
         body, code = health_body()
         return JSONResponse(body, status_code=code)
 
     @app.post("/setup", dependencies=[Depends(auth)])
-    def setup(req: SetupRequest):
+    async def setup(req: SetupRequest):
         from .labels import label_plan
 
         if not req.schema_:
@@ -105,7 +118,10 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         except Exception as exc:
             raise HTTPException(400, f"unsupported labeling config: {exc}") from None
         if req.project is not None:
-            app.state.configs[str(req.project).split(".")[0]] = req.schema_
+            project = _project_id(req.project)
+            app.state.configs[project] = req.schema_
+            if req.access_token and not settings.ls_api_key:
+                app.state.tokens[project] = req.access_token
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
         return {"model_version": model.model_version}
@@ -119,7 +135,9 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         if len(req.tasks) > settings.max_tasks_per_request:
             raise HTTPException(413, f"{len(req.tasks)} tasks in one request; the limit is "
                                      f"{settings.max_tasks_per_request} (SEEDIFF_MAX_TASKS)")
-        config = req.label_config or app.state.configs.get(str(req.project).split(".")[0] if req.project else "")
+        arrived = time.monotonic()
+        project = _project_id(req.project)
+        config = req.label_config or app.state.configs.get(project)
         if not config:
             raise HTTPException(400, "predict needs 'label_config' (or a /setup for this project first)")
         try:
@@ -127,9 +145,9 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         except Exception as exc:
             raise HTTPException(400, f"unsupported labeling config: {exc}") from None
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
-        t0 = time.perf_counter()
-        results = await run_in_threadpool(model.predict, req.tasks, config, context)
-        model._count(requests=1, request_s=time.perf_counter() - t0)
+        results = await run_in_threadpool(model.predict, req.tasks, config, context, app.state.tokens.get(project),
+                                          arrived + settings.predict_budget)
+        model._count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
     @app.post("/webhook", status_code=200, dependencies=[Depends(auth)])
@@ -144,11 +162,16 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         return {"status": "ok", "action": action}
 
     @app.get("/metrics", dependencies=[Depends(auth)])
-    def metrics():
+    async def metrics():
         with model._metrics_lock:
             return {"model_version": model.model_version if model.ready else None, **dict(model.metrics)}
 
     return app
+
+
+def _project_id(project: str | int | None) -> str:
+    """Label Studio sends '<id>.<created timestamp>' to /setup and the bare id to /predict; key both by id."""
+    return "" if project is None else str(project).split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     uvicorn.run(create_app(settings, model), host=args.host or settings.host, port=args.port or settings.port,
-                log_level=settings.log_level.lower(), access_log=False)
+                log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

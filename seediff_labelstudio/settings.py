@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["Settings", "SettingsError", "mask_secret"]
+__all__ = ["Settings", "SettingsError", "mask_secret", "jwt_claims"]
 
 _SECRET_FIELDS = frozenset({"ls_api_key", "basic_auth_pass"})
 
@@ -19,6 +20,23 @@ class SettingsError(ValueError):
 def mask_secret(value: str | None) -> str:
     """'abcd…' → '****' with the length hidden too; None → 'unset'."""
     return "unset" if not value else "****"
+
+
+def jwt_claims(token: str) -> dict | None:
+    """The unverified claims of a JWT (Label Studio personal access / access token); None for a legacy token."""
+    import jwt
+
+    if token.count(".") != 2:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.InvalidTokenError:
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _hosts(env: dict, name: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower().strip("[]") for h in (env.get(name) or "").split(",") if h.strip())
 
 
 def _int(env: dict, name: str, default: int, lo: int = 1) -> int:
@@ -65,11 +83,15 @@ class Settings:
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
     basic_auth_pass: str | None = field(default=None, repr=False)  # BASIC_AUTH_PASS (secret)
     allowed_roots: tuple[Path, ...] = ()  # SEEDIFF_ALLOWED_ROOTS: os.pathsep-separated folders
-    allowed_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_HOSTS: comma-separated extra image hosts
+    allowed_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_HOSTS: comma-separated extra image hosts (public)
+    allowed_private_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_PRIVATE_HOSTS: may resolve to private addresses
     max_image_bytes: int = 32 * 2**20  # SEEDIFF_MAX_IMAGE_BYTES
     max_image_pixels: int = 40_000_000  # SEEDIFF_MAX_IMAGE_PIXELS (decompression bombs)
     fetch_timeout: float = 15.0  # SEEDIFF_FETCH_TIMEOUT seconds
-    max_tasks_per_request: int = 64  # SEEDIFF_MAX_TASKS
+    predict_budget: float = 80.0  # SEEDIFF_PREDICT_BUDGET seconds per /predict (Label Studio waits 100 s)
+    max_tasks_per_request: int = 10_000  # SEEDIFF_MAX_TASKS
+    cache_images: int = 4  # SEEDIFF_CACHE_IMAGES: images whose attention is kept for repeated queries (0: none)
+    max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body
     host: str = "0.0.0.0"  # SEEDIFF_HOST
     port: int = 9090  # SEEDIFF_PORT (or PORT)
     log_level: str = "INFO"  # LOG_LEVEL
@@ -104,7 +126,14 @@ class Settings:
             if not p.is_absolute():
                 raise SettingsError(f"SEEDIFF_ALLOWED_ROOTS entries must be absolute paths, got {raw!r}")
             roots.append(p.resolve())
-        hosts = tuple(h.strip().lower() for h in (env.get("SEEDIFF_ALLOWED_HOSTS") or "").split(",") if h.strip())
+        key = env.get("LABEL_STUDIO_API_KEY") or None
+        claims = jwt_claims(key) if key else None
+        if claims is not None:
+            exp = claims.get("exp")
+            if exp is None:
+                raise SettingsError("LABEL_STUDIO_API_KEY is a JWT without an expiry; create a new personal access token")
+            if isinstance(exp, (int, float)) and exp < time.time():
+                raise SettingsError("LABEL_STUDIO_API_KEY is an expired JWT; create a new personal access token")
         level = (env.get("LOG_LEVEL") or "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
@@ -117,13 +146,17 @@ class Settings:
             steps=_int(env, "SEEDIFF_STEPS", 10),
             prompt_template=template,
             seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
-            ls_url=ls_url, ls_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
-            allowed_roots=tuple(roots), allowed_hosts=hosts,
+            allowed_roots=tuple(roots), allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),
+            allowed_private_hosts=_hosts(env, "SEEDIFF_ALLOWED_PRIVATE_HOSTS"),
             max_image_bytes=_int(env, "SEEDIFF_MAX_IMAGE_BYTES", 32 * 2**20),
             max_image_pixels=_int(env, "SEEDIFF_MAX_IMAGE_PIXELS", 40_000_000),
             fetch_timeout=_float(env, "SEEDIFF_FETCH_TIMEOUT", 15.0),
-            max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 64),
+            predict_budget=_float(env, "SEEDIFF_PREDICT_BUDGET", 80.0),
+            max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 10_000),
+            cache_images=_int(env, "SEEDIFF_CACHE_IMAGES", 4, lo=0),
+            max_body_bytes=_int(env, "SEEDIFF_MAX_BODY_BYTES", 64 * 2**20),
             host=env.get("SEEDIFF_HOST") or "0.0.0.0",
             port=_int(env, "SEEDIFF_PORT", _int(env, "PORT", 9090)),
             log_level=level,

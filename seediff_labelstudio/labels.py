@@ -15,7 +15,12 @@ __all__ = ["LabelPlan", "label_plan", "plan_results"]
 
 @dataclass(frozen=True)
 class LabelPlan:
-    """What to predict for a labeling config: the Image to read, the controls, and label → class words."""
+    """What to predict for a labeling config: the Image to read, the controls, and label → class words.
+
+    ``polygon`` / ``brush``: the first PolygonLabels / BrushLabels control on the image; ``controls``: for
+    each label value, the [polygon control, brush control] its regions go to (the first of each kind that has
+    the label; None where no control of that kind has it), so every supported control on the image is served.
+    """
 
     to_name: str
     data_key: str
@@ -23,50 +28,66 @@ class LabelPlan:
     brush: str | None
     words: dict[str, list[str]]  # label value → class words (predicted_values, else the label lowercased)
     where: dict[str, list[str]]  # label value → which of 'polygon'/'brush' has it
+    controls: dict[str, list[str | None]] | None = None  # label value → [polygon from_name, brush from_name]
 
     @property
     def classes(self) -> list[str]:
         """Every class word, once, in label order (prompt order)."""
         return list(dict.fromkeys(w for ws in self.words.values() for w in ws))
 
+    def targets(self, label: str) -> tuple[str | None, str | None]:
+        """The (polygon, brush) control names a label's regions go to."""
+        if self.controls is not None and label in self.controls:
+            poly, brush = self.controls[label]
+            return poly, brush
+        kinds = self.where.get(label, [])
+        return (self.polygon if "polygon" in kinds else None), (self.brush if "brush" in kinds else None)
+
     def to_dict(self) -> dict[str, Any]:
         return {"to_name": self.to_name, "data_key": self.data_key, "polygon": self.polygon, "brush": self.brush,
-                "words": self.words, "where": self.where}
+                "words": self.words, "where": self.where, "controls": self.controls}
+
+
+_KINDS = {"PolygonLabels": "polygon", "BrushLabels": "brush"}
 
 
 def label_plan(config: str) -> LabelPlan:
-    """The :class:`LabelPlan` of a labeling config: its first Image with PolygonLabels and/or BrushLabels."""
+    """The :class:`LabelPlan` of a labeling config: the first Image with PolygonLabels and/or BrushLabels, and
+    every such control on it."""
     from label_studio_sdk.label_interface import LabelInterface
 
     li = LabelInterface(config)
     images = {o.name: o for o in li.objects if o.tag == "Image"}
     if not images:
         raise ValueError("the project's labeling config has no <Image>: seediff pre-annotates images")
-    controls: dict[str, Any] = {}
-    for control in li.controls:
-        kind = {"PolygonLabels": "polygon", "BrushLabels": "brush"}.get(control.tag)
-        if kind and kind not in controls and control.to_name and control.to_name[0] in images:
-            if not controls or control.to_name[0] == next(iter(controls.values())).to_name[0]:
-                controls[kind] = control
-    if not controls:
+    supported = [c for c in li.controls if c.tag in _KINDS and c.to_name and c.to_name[0] in images]
+    if not supported:
         raise ValueError("the project's labeling config has no <PolygonLabels> or <BrushLabels> on an <Image>")
-    to_name = next(iter(controls.values())).to_name[0]
+    to_name = supported[0].to_name[0]
+    on_image = [c for c in supported if c.to_name[0] == to_name]
+    first = {kind: next((c.name for c in on_image if _KINDS[c.tag] == kind), None) for kind in ("polygon", "brush")}
     words: dict[str, list[str]] = {}
     where: dict[str, list[str]] = {}
-    for kind, control in controls.items():
+    controls: dict[str, list[str | None]] = {}
+    for control in on_image:
+        kind = _KINDS[control.tag]
         for value, label in getattr(control, "labels_attrs", {}).items():
             attrs = getattr(label, "attr", None) or {}
             predicted = str(attrs.get("predicted_values") or value.lower())
             words.setdefault(value, [w.strip() for w in predicted.split(",") if w.strip()])
-            where.setdefault(value, []).append(kind)
+            if kind not in where.setdefault(value, []):
+                where[value].append(kind)
+            slot = controls.setdefault(value, [None, None])
+            i = 0 if kind == "polygon" else 1
+            slot[i] = slot[i] or control.name
     if not words:
         raise ValueError("the project's PolygonLabels/BrushLabels have no <Label>s")
-    return LabelPlan(to_name, images[to_name].value_name, getattr(controls.get("polygon"), "name", None),
-                     getattr(controls.get("brush"), "name", None), words, where)
+    return LabelPlan(to_name, images[to_name].value_name, first["polygon"], first["brush"], words, where, controls)
 
 
 def plan_results(plan: LabelPlan, masks, size: tuple[int, int]) -> list[dict[str, Any]]:
-    """Label Studio regions for a plan from ClassMasks over its class words (a label's words are OR-ed).
+    """Label Studio regions for a plan from ClassMasks over its class words (a label's words are OR-ed, its
+    score is their scores weighted by mask area: the mean foreground probability over the union).
 
     Each label goes only to the control(s) that hold it (Label Studio rejects a region whose label its control
     lacks); ``size`` is the image's natural (width, height).
@@ -74,17 +95,17 @@ def plan_results(plan: LabelPlan, masks, size: tuple[int, int]) -> list[dict[str
     from seediff.lsformat import ls_results
 
     by_word = {w: (np.asarray(m, bool), float(s)) for w, m, s in zip(masks.labels, masks.masks, masks.scores)}
-    groups: dict[tuple[str, ...], list[tuple[str, np.ndarray, float]]] = {}
+    groups: dict[tuple[str | None, str | None], list[tuple[str, np.ndarray, float]]] = {}
     for label, words in plan.words.items():
         parts = [by_word[w] for w in words if w in by_word]
         if not parts:
             continue
         mask = np.logical_or.reduce([m for m, _ in parts])
-        score = float(np.mean([s for _, s in parts]))
-        groups.setdefault(tuple(plan.where[label]), []).append((label, mask, score))
+        areas = np.array([m.sum() for m, _ in parts], float)  # words with empty masks do not dilute the score
+        score = float(np.dot(areas, [s for _, s in parts]) / areas.sum()) if areas.sum() else 0.0
+        groups.setdefault(plan.targets(label), []).append((label, mask, score))
     result: list[dict[str, Any]] = []
-    for kinds, entries in groups.items():
-        result += ls_results(entries, to_name=plan.to_name, image_size=size,
-                             polygon_from_name=plan.polygon if "polygon" in kinds else None,
-                             brush_from_name=plan.brush if "brush" in kinds else None)
+    for (polygon, brush), entries in groups.items():
+        result += ls_results(entries, to_name=plan.to_name, image_size=size, polygon_from_name=polygon,
+                             brush_from_name=brush)
     return result

@@ -120,6 +120,20 @@ class SeeDiffModel:
     def ready(self) -> bool:
         return self.pipe is not None
 
+    def check_config(self, config: str) -> LabelPlan:
+        """The config's label plan; ValueError if it is unsupported or its class words overflow one prompt."""
+        from seediff.modes import check_prompt
+        from seediff.predictor import class_prompt
+
+        plan = label_plan(config)
+        if self.pipe is not None:
+            try:
+                check_prompt(self.pipe.tokenizer, class_prompt(plan.classes, self.settings.prompt_template))
+            except ValueError as exc:
+                raise ValueError(f"{len(plan.classes)} class words do not fit in one prompt ({exc}); use fewer "
+                                 "labels or shorter predicted_values") from None
+        return plan
+
     def _count(self, **values: float) -> None:
         with self._metrics_lock:
             for k, v in values.items():

@@ -109,12 +109,10 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
 
     @app.post("/setup", dependencies=[Depends(auth)])
     async def setup(req: SetupRequest):
-        from .labels import label_plan
-
         if not req.schema_:
             raise HTTPException(400, "setup needs the project's labeling config in 'schema'")
         try:
-            label_plan(req.schema_)
+            model.check_config(req.schema_)
         except Exception as exc:
             raise HTTPException(400, f"unsupported labeling config: {exc}") from None
         if req.project is not None:
@@ -128,8 +126,6 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
 
     @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
     async def predict(req: PredictRequest):
-        from .labels import label_plan
-
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
         if len(req.tasks) > settings.max_tasks_per_request:
@@ -141,7 +137,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         if not config:
             raise HTTPException(400, "predict needs 'label_config' (or a /setup for this project first)")
         try:
-            label_plan(config)
+            model.check_config(config)
         except Exception as exc:
             raise HTTPException(400, f"unsupported labeling config: {exc}") from None
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None

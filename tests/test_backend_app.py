@@ -94,6 +94,11 @@ def test_setup_returns_model_version_and_rejects_bad_configs(client, model):
     assert r.status_code == 400 and "no <Image>" in r.json()["detail"]
     r = client.post("/setup", json={"schema": NO_CONTROL}, auth=AUTH)
     assert r.status_code == 400 and "PolygonLabels" in r.json()["detail"]
+    many = "".join(f'<Label value="Thing number {i}"/>' for i in range(30))
+    crowded = f'<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i">{many}</PolygonLabels></View>'
+    r = client.post("/setup", json={"schema": crowded}, auth=AUTH)
+    assert r.status_code == 400 and "30 class words do not fit in one prompt" in r.json()["detail"]
+    assert "at most 77" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("config,kinds,labels", [

@@ -9,6 +9,7 @@ never a 500); the OpenAPI spec at ``/openapi.json`` describes them (for clients 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import secrets
 import sys
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"seediff-labelstudio: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     model.load()  # before the port opens: Label Studio's /health (1 s) and /setup (3 s) find it loaded
     import uvicorn
 
-    uvicorn.run(create_app(settings, model), host=args.host or settings.host, port=args.port or settings.port,
+    uvicorn.run(create_app(settings, model), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=5)
 
 

@@ -116,5 +116,6 @@ def test_served_over_http_then_stopped_by_sigterm(tiny_pipe_path, tmp_path):
         ls.close()
     text = log.read_text()
     assert "Application shutdown complete" in text
+    assert f"host='127.0.0.1', port={port}" in text  # the settings logged are the ones served
     assert "task 3: refusing to fetch from host '169.254.169.254'" in text
     assert KEY not in text and AUTH[1] not in text and "ls_api_key='****'" in text

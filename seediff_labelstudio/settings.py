@@ -76,7 +76,7 @@ class Settings:
     photo_mode: str = "noise"  # SEEDIFF_PHOTO_MODE: noise | denoise | invert
     timestep: int = 100  # SEEDIFF_TIMESTEP: t of the noised pass (noise mode)
     steps: int = 10  # SEEDIFF_STEPS: DDIM steps (denoise / invert modes)
-    prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} ← "a x and a y"
+    prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} or {classes} ← "a x and a y"
     seed: int = 0  # SEEDIFF_SEED
     ls_url: str | None = None  # LABEL_STUDIO_URL
     ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
@@ -109,9 +109,15 @@ class Settings:
         mode = env.get("SEEDIFF_PHOTO_MODE", "noise").strip().lower()
         if mode not in PHOTO_MODES:
             raise SettingsError(f"SEEDIFF_PHOTO_MODE must be one of {list(PHOTO_MODES)}, got {mode!r}")
-        template = env.get("SEEDIFF_PROMPT_TEMPLATE", "a photo of {}")
-        if template.count("{}") != 1:
-            raise SettingsError(f"SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{{}}', got {template!r}")
+        raw_template = env.get("SEEDIFF_PROMPT_TEMPLATE") or "a photo of {}"
+        template = raw_template.replace("{classes}", "{}")  # "a photo of {classes}" reads better in an env file
+        try:
+            ok = template.count("{}") == 1 and template.format("x") == template.replace("{}", "x")
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise SettingsError("SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{}' (or '{classes}') and no other "
+                                f"braces, got {raw_template!r}")
         ls_url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
         if ls_url is not None:
             parts = urlsplit(ls_url)

@@ -297,6 +297,16 @@ def test_settings_validation_and_masking():
         Settings.from_env({"SEEDIFF_ALLOWED_ROOTS": "relative/dir"})
     with pytest.raises(SettingsError, match="SEEDIFF_TIMESTEP must be an integer"):
         Settings.from_env({"SEEDIFF_TIMESTEP": "soon"})
+    for bad in ("a photo", "{} and {}", "a {} of {kind}", "a {0} photo"):
+        with pytest.raises(SettingsError, match="SEEDIFF_PROMPT_TEMPLATE must contain exactly one"):
+            Settings.from_env({"SEEDIFF_PROMPT_TEMPLATE": bad})
+    assert Settings.from_env({"SEEDIFF_PROMPT_TEMPLATE": "a photo of {classes}"}).prompt_template == "a photo of {}"
+    with pytest.raises(SettingsError, match="SEEDIFF_MAX_IMAGE_PIXELS must be >= 1"):
+        Settings.from_env({"SEEDIFF_MAX_IMAGE_PIXELS": "0"})
+    with pytest.raises(SettingsError, match="SEEDIFF_FETCH_TIMEOUT must be > 0"):
+        Settings.from_env({"SEEDIFF_FETCH_TIMEOUT": "-1"})
+    with pytest.raises(SettingsError, match="LOG_LEVEL"):
+        Settings.from_env({"LOG_LEVEL": "chatty"})
     s = Settings.from_env({"LABEL_STUDIO_API_KEY": KEY, "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "pw-123"})
     assert KEY not in repr(s) and "pw-123" not in str(s) and "****" in repr(s)
 

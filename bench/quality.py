@@ -34,24 +34,17 @@ from seediff.testing.shapes import COLOURS, SHAPES, Scene, SceneConfig, make_sce
 SINGLE_SEED_OFFSET = 100_000
 MULTI_SEED_OFFSET = 200_000
 GENERATE_SEED_OFFSET = 300_000
+PROMPT_TEMPLATE = "a photo of {}"  # the Label Studio backend's default (SEEDIFF_PROMPT_TEMPLATE)
 DEV_SEED_OFFSET = 400_000  # sweeps tune on these, never on the benchmark split
 ORACLE_MAX_DISTANCE = 100.0  # RGB Euclidean distance to the prompted colour (shape colours are ≥ 150 apart)
 
-MaskFn = Callable[[object, list[str]], dict[str, np.ndarray]]
+MaskFn = Callable[..., dict[str, np.ndarray]]  # (maps, classes, cache) → {class: H×W bool}
 
 # The SeeDiff config the report headlines and tests/test_quality.py checks (chosen on the dev-split sweeps).
 BENCH_CONFIG = SeeDiffConfig()
 
 
 # ---------------------------------------------------------------------------------------------- prompts
-def photo_prompt(classes: Iterable[str]) -> str:
-    """The prompt a labeling backend builds from class words: "a circle and a square" (given order)."""
-    words = list(classes)
-    if not words:
-        raise ValueError("photo_prompt needs at least one class word")
-    return " and ".join(f"a {w}" for w in words)
-
-
 def label_order(classes: Iterable[str]) -> list[str]:
     """Class words in label-config order (SHAPES), so word position never leaks the objects' order."""
     present = set(classes)
@@ -134,7 +127,7 @@ def score_scene(acc: IoU, masks: Mapping[str, np.ndarray], truth: Mapping[str, n
 
 
 # ---------------------------------------------------------------------------------------------- methods
-def whole_image(maps, classes: Sequence[str]) -> dict[str, np.ndarray]:
+def whole_image(maps, classes: Sequence[str], cache: dict | None = None) -> dict[str, np.ndarray]:
     """The trivial baseline: every class's mask is the whole image."""
     h, w = maps.original_hw
     return {c: np.ones((h, w), dtype=bool) for c in classes}
@@ -144,8 +137,8 @@ def segment_method(method: str, config=None) -> MaskFn:
     """A mask function calling ``seediff.segment(maps, classes, method=..., config=...)``."""
     from seediff.segment import segment
 
-    def run(maps, classes: Sequence[str]) -> dict[str, np.ndarray]:
-        out = segment(maps, list(classes), method=method, config=config)
+    def run(maps, classes: Sequence[str], cache: dict | None = None) -> dict[str, np.ndarray]:
+        out = segment(maps, list(classes), method=method, config=config, cache=cache)
         return {label: np.asarray(m, dtype=bool) for label, m in zip(out.labels, out.masks)}
 
     return run
@@ -192,21 +185,25 @@ class Record:
     maps: object
     classes: list[str]
     truth: dict[str, np.ndarray]
+    cache: dict = field(default_factory=dict)  # segment()'s per-image cache, shared by every method
 
 
 def capture_photo(pipe, scenes: Sequence[Scene], *, mode: str = "noise", t: int = 100, capture=None,
-                  **read_kwargs) -> list[Record]:
-    """Photo mode: read each scene once with the label-config-order prompt of the classes present.
+                  template: str = PROMPT_TEMPLATE, all_classes: bool = False, **read_kwargs) -> list[Record]:
+    """Photo mode: read each scene once with the backend's prompt (``class_prompt(classes, template)``).
 
+    classes: the shape words present, in label-config order; with ``all_classes`` every label-config class
+    (what the Label Studio backend sends for every task), absent ones scored against an empty truth.
     ``read_kwargs`` go to ``read_photo`` (``strength``, ``steps`` for the denoise/invert modes).
     """
     import seediff
+    from seediff.predictor import class_prompt
 
     out = []
     for scene in scenes:
-        classes = label_order(scene.classes)
-        traced = seediff.read_photo(pipe, scene.image, photo_prompt(classes), mode=mode, t=t, capture=capture,
-                                     **read_kwargs)
+        classes = list(SHAPES) if all_classes else label_order(scene.classes)
+        traced = seediff.read_photo(pipe, scene.image, class_prompt(classes, template), mode=mode, t=t,
+                                    capture=capture, **read_kwargs)
         out.append(Record(traced.maps_for(0), classes, {c: scene.class_mask(c) for c in classes}))
     return out
 
@@ -237,7 +234,7 @@ def evaluate(records: Sequence[Record], methods: Mapping[str, MaskFn]) -> dict[s
     accs = {name: IoU() for name in methods}
     for rec in records:
         for name, fn in methods.items():
-            score_scene(accs[name], fn(rec.maps, rec.classes), rec.truth)
+            score_scene(accs[name], fn(rec.maps, rec.classes, rec.cache), rec.truth)
     return accs
 
 
@@ -383,7 +380,8 @@ def run_sweeps(pipe, n: int, base, *, mode: str, t: int) -> list[str]:
     out = [f"### Capture: photo mode and timestep (SeeDiff = the benchmark config; {n}+{n} dev scenes)", ""]
     rows = []
     settings = [(f"noise t={tt}", dict(mode="noise", t=tt)) for tt in (25, 50, 100, 200, 400)]
-    settings += [("denoise from 0.3·T, 10 steps", dict(mode="denoise", strength=0.3)),
+    settings += [(f"noise t={t}, prompt without 'a photo of'", dict(mode="noise", t=t, template="{}")),
+                 ("denoise from 0.3·T, 10 steps", dict(mode="denoise", strength=0.3)),
                  ("invert to 0.3·T, 10 steps", dict(mode="invert", strength=0.3))]
     kept = {}
     for label, kw in settings:
@@ -423,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--t", type=int, default=100)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--template", default=PROMPT_TEMPLATE, help="photo prompt template, as the backend's")
     p.add_argument("--sweep", type=int, default=0, help="dev scenes per split for the sweeps (0: no sweeps)")
     p.add_argument("--notes", type=Path, default=None, help="a findings file appended to the report")
     p.add_argument("--threads", type=int, default=1, help="1 is far faster than 2 on a loaded shared CPU")
@@ -434,8 +433,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     pipe = seediff.load_pipeline(args.model, device="cpu")
     methods = build_methods(BENCH_CONFIG)
     t0 = time.time()
-    single_recs = capture_photo(pipe, benchmark_scenes(args.single, 1), mode=args.photo_mode, t=args.t)
-    multi_recs = capture_photo(pipe, benchmark_scenes(args.multi, 2), mode=args.photo_mode, t=args.t)
+    photo = dict(mode=args.photo_mode, t=args.t, template=args.template)
+    single_scenes, multi_scenes = benchmark_scenes(args.single, 1), benchmark_scenes(args.multi, 2)
+    single_recs = capture_photo(pipe, single_scenes, **photo)
+    multi_recs = capture_photo(pipe, multi_scenes, **photo)
+    every = [m for m in methods if not m.startswith("SeeDiff ") or m == "SeeDiff, reference defaults"]
+    backend = evaluate(capture_photo(pipe, single_scenes + multi_scenes, all_classes=True, **photo),
+                       {m: methods[m] for m in every})
     gen_recs, n_generated = capture_generate(pipe, generate_specs(args.generate), steps=args.steps,
                                              guidance=args.guidance)
     single, multi, gen = evaluate(single_recs, methods), evaluate(multi_recs, methods), evaluate(gen_recs, methods)
@@ -455,9 +459,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"photo 1-object {args.single} scenes (seeds {SINGLE_SEED_OFFSET}+), photo 2-object {args.multi} scenes "
         f"(seeds {MULTI_SEED_OFFSET}+), generate {args.generate} captions (seeds {GENERATE_SEED_OFFSET}+, half "
         f"2-object), sweeps on a separate dev split (seeds {DEV_SEED_OFFSET}+). Photo mode: `read_photo(mode="
-        f"{args.photo_mode!r}, t={args.t})`, prompt = the shape words present in label-config order (\"a circle and a "
-        f"square\"). Generate mode: `generate(steps={args.steps}, guidance={args.guidance})` of \"a red circle and a "
-        "blue square\". IoU is dataset-level per class (intersections and unions summed over images); mIoU is the "
+        f"{args.photo_mode!r}, t={args.t})`, prompt = the backend's `class_prompt(classes, {args.template!r})` with the "
+        "shape words present in label-config order (\"a photo of a circle and a square\"). "
+        f"Generate mode: `generate(steps={args.steps}, guidance={args.guidance})` of \"a red circle and a blue "
+        "square\". IoU is dataset-level per class (intersections and unions summed over images); mIoU is the "
         "mean over the three classes. Masks are exclusive (one label per pixel).", "",
         "SeeDiff below is `SeeDiffConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")`"
         + (" (the reference defaults)." if not changed else "; every other field at its default. The reference "
@@ -467,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"## Photo mode, 2 objects ({len(multi_recs)} scenes)", "",
         "\"right object\": share of objects whose class mask covers a larger fraction of its own object than of the "
         "other object.", "", table(multi, right=True), "",
+        f"## Photo mode, every label-config class in the prompt ({len(single_recs) + len(multi_recs)} scenes)", "",
+        "What the Label Studio backend does for every task: the prompt names all three classes (\"a photo of a circle "
+        "and a square and a triangle\") and all three are segmented; a class absent from the scene has an empty "
+        "truth, so any pixel given to it counts against it. Both photo splits together.", "",
+        table(backend, right=True), "",
         f"## Generate mode ({len(gen_recs)} of {n_generated} images kept)", "",
         "Ground truth is a colour oracle: a pixel belongs to a prompted shape when the shape's prompted colour is "
         f"the nearest prompted colour and within {ORACLE_MAX_DISTANCE:g} (RGB Euclidean). On the real benchmark "

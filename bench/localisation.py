@@ -12,7 +12,7 @@ named or not, ``--colours``). For every shape word and cross-attention level:
   (score_i = Σ_{s∈seeds} cos(A_i, A_s), seeds = map ≥ 0.5; SeeDiff's expansion step) then thresholded at 0.5.
 - ``whole``: IoU of the whole image with the mask (the trivial baseline).
 
-    python bench/localisation.py --model builtin:shapes --n 48
+    python bench/localisation.py --model builtin:shapes --n 48    (seeds from --offset 600000)
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ def expand(seed_map: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     return _norm((a @ a[seeds].sum(0)).view(seed_map.shape))
 
 
-def evaluate(pipe, n: int, n_objects: int, colours: bool, t: int) -> dict:
+def evaluate(pipe, n: int, n_objects: int, colours: bool, t: int, offset: int = 0) -> dict:
     """Mean metrics over ``n`` scenes with ``n_objects`` objects."""
     cfg = CaptureConfig(cross_levels=None, self_levels=(0, 1, 2), t_window=(0.0, 1.0))
     rows: dict[str, list[float]] = {}
-    for seed in range(n):
+    for seed in range(offset, offset + n):
         scene = make_scene(seed, n_objects=n_objects, name_colours=colours)
         prompt = " and ".join(f"a {o.colour} {o.shape}" if colours else f"a {o.shape}" for o in scene.objects)
         maps = read_photo(pipe, scene.image, prompt, mode="noise", t=t, seed=seed, capture=cfg).maps
@@ -76,15 +76,16 @@ def main() -> None:
     p.add_argument("--model", default="builtin:shapes")
     p.add_argument("--n", type=int, default=48)
     p.add_argument("--t", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--offset", type=int, default=600_000, help="first scene seed (disjoint from training and probes)")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model, device="cpu", dtype="fp32")
     t0 = time.time()
-    print(f"model {args.model}, photo mode noise t={args.t}, {args.n} scenes per row (seeds 0..{args.n - 1})\n")
+    print(f"model {args.model}, photo mode noise t={args.t}, {args.n} scenes per row (seeds {args.offset}..{args.offset + args.n - 1})\n")
     for n_objects in (1, 2):
         for colours in (False, True):
-            res = evaluate(pipe, args.n, n_objects, colours, args.t)
+            res = evaluate(pipe, args.n, n_objects, colours, args.t, args.offset)
             print(f"{n_objects} object(s), colours {'named' if colours else 'omitted'}: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in res.items()))
     print(f"\n{time.time() - t0:.0f}s")

@@ -73,9 +73,9 @@ def test_generates_the_prompted_colour(pipe):
     traced = generate(pipe, "a red circle", seed=0, steps=15, guidance=5.0)
     rgb = np.asarray(traced.image, dtype=np.float64)
     near = np.linalg.norm(rgb - np.array(COLOURS["red"]), axis=-1) < 100
-    assert near.mean() >= 0.03, near.mean()  # measured 0.048 (a 32×32 image: ~49 red pixels)
+    assert near.mean() >= 0.03, near.mean()  # measured 0.086 (a 32×32 image: ~88 red pixels)
 
 
-# Measured on these 12 scenes (24 words) with the shipped model: 0.67 at level 1 (0.62 at level 0, 0.58 at 2);
-# chance is 0.5. The training probe (48 other scenes, captions without "a photo of") gave 0.78.
-RIGHT_OBJECT_FLOOR = 0.6
+# Measured on these 12 scenes (24 words) with the shipped model: 0.83 at level 1 (0.79 at level 0, 0.75 at 2);
+# chance is 0.5, and the same recipe without the grounding loss stayed at chance (see TRAINING.md).
+RIGHT_OBJECT_FLOOR = 0.7

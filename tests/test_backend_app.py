@@ -84,6 +84,13 @@ def test_auth_required_everywhere_but_health(client):
     assert client.post("/webhook", json={}).status_code == 401
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", auth=(AUTH[0], "wrong")).status_code == 401
+    # credentials are checked before the body is read: no 422 / 413 telling an unauthenticated client about it
+    bad = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 401 and bad.json() == {"detail": "authentication required"}
+    assert client.post("/predict", content=b"x", headers={"content-length": str(2**40)}).status_code == 401
+    for header in ("Basic !!!", "Basic //46eA==", "Bearer " + AUTH[1], "Basic", ""):  # junk, non-UTF-8, ...
+        assert client.get("/metrics", headers={"Authorization": header}).status_code == 401, header
+    assert client.get("/openapi.json").status_code == 200  # the API description stays public (no secrets in it)
 
 
 def test_setup_returns_model_version_and_rejects_bad_configs(client, model):

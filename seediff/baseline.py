@@ -44,7 +44,8 @@ class DiffuMaskConfig:
     threshold: γ in [0, 1); None → Otsu on the averaged map.
     exclude_special: renormalise attention over the prompt's real tokens (see ``AttentionMaps.cross_maps``).
     flat_eps: relative range below which a map counts as flat (no location → empty mask with a reason).
-    work_max_side: masks are computed at most this many pixels on the long side, then resized to the image.
+    work_max_side: cap on the long side of the working size (also at most the size the model saw), then
+        resized to the image.
     """
 
     levels: tuple[int, ...] = (2, 1, 0)

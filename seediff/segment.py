@@ -53,7 +53,8 @@ class SeeDiffConfig:
     clip_to_box: with user boxes, the class's mask is cut to the union of its boxes.
     exclude_special: renormalise cross-attention over the prompt's real tokens.
     flat_eps: relative range below which a map counts as flat (→ empty mask and a reason).
-    work_max_side: long side of the working size (masks are made there, then resized to the image).
+    work_max_side: cap on the long side of the working size; masks are made at most at the size the model
+        saw (``model_side``) and at most this, then resized to the image.
     upsample: interpolation between levels and to the working size (reference: bicubic).
     """
 
@@ -142,6 +143,16 @@ def working_hw(hw: tuple[int, int], max_side: int) -> tuple[int, int]:
     h, w = hw
     s = min(1.0, max_side / max(h, w))
     return max(1, round(h * s)), max(1, round(w * s))
+
+
+def model_side(maps: AttentionMaps, out_hw: tuple[int, int]) -> int:
+    """Long side of the image the model saw (``meta['image_hw']``; else the output size).
+
+    Masks are worked out at most at this size: the attention holds no finer detail, and PAMR's reach is
+    counted in pixels, so refining a 32-px model's maps on a 4× larger photo would spread them 4× less far.
+    """
+    seen = maps.meta.get("image_hw") or out_hw
+    return int(max(seen))
 
 
 def _resize(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
@@ -357,7 +368,7 @@ def segment(
     classes = _check_classes(classes)
     maps = as_fp32(maps)
     out_hw = output_hw(maps)
-    hw = working_hw(out_hw, config.work_max_side)
+    hw = working_hw(out_hw, min(config.work_max_side, model_side(maps, out_hw)))
     prompts = user_prompts(classes, points, boxes, out_hw)
     if method != "seediff" and any(len(p.positive) or len(p.negative) for p in prompts.values()):
         raise ValueError(f"points are seeds and only method='seediff' uses them (got method={method!r})")

@@ -11,7 +11,7 @@ import torch
 
 from .seeds import minmax, rescale
 
-__all__ = ["EXPANSIONS", "row_normalize", "summed_cosine", "mean_rows", "expand", "gate"]
+__all__ = ["EXPANSIONS", "row_normalize", "summed_cosine", "mean_rows", "expand", "gate", "gate_rows"]
 
 EXPANSIONS = ("cosine", "mean")
 
@@ -72,3 +72,9 @@ def expand(
 def gate(prob: torch.Tensor, similarity: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """SeeDiff's background gate: norm((1 − norm(V)) ⊙ norm(P)) — pixels like the background lose weight."""
     return rescale((1.0 - minmax(similarity, eps)) * rescale(prob, eps), eps)
+
+
+def gate_rows(prob: torch.Tensor, similarity: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """:func:`gate` of each pair ``prob[k]``, ``similarity[k]`` of ``[K, ...]`` maps at once (same values)."""
+    dims = tuple(range(1, prob.ndim))
+    return rescale((1.0 - minmax(similarity, eps, dims)) * rescale(prob, eps, dims), eps, dims)

@@ -20,16 +20,29 @@ import torch
 import torch.nn.functional as F
 
 from .capture import upsample
-from .expand import gate, summed_cosine
-from .seeds import is_flat, minmax, otsu_threshold, rescale
+from .expand import gate_rows, summed_cosine
+from .seeds import otsu_thresholds, rescale
 
 __all__ = ["background_seeds", "background_consistency", "pamr_affinity", "pamr", "image_tensor"]
 
 
 def background_seeds(prob: torch.Tensor, power: float = 2.0) -> torch.Tensor:
     """Bool map of background seeds: cells of ``prob ** power`` at or below its Otsu threshold."""
-    p = prob.float().clamp_min(0) ** power
-    return p <= otsu_threshold(p)
+    return _background_seeds(prob.float()[None], power)[0]
+
+
+def _background_seeds(probs: torch.Tensor, power: float) -> torch.Tensor:
+    """:func:`background_seeds` of each of ``K`` maps ``[K, h, w]`` at once (one batched Otsu)."""
+    p = probs.clamp_min(0) ** power
+    return p <= otsu_thresholds(p).reshape(-1, *[1] * (p.ndim - 1))
+
+
+def _flat_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Bool ``[K]``: :func:`seediff.seeds.is_flat` of each map ``x[k]`` (``[K, ...]``)."""
+    t = x.reshape(x.shape[0], -1)
+    lo, hi = t.amin(1), t.amax(1)
+    scale = torch.maximum(hi.abs(), lo.abs())
+    return ((hi - lo) <= eps * scale) | (scale == 0)
 
 
 def background_consistency(
@@ -58,15 +71,13 @@ def background_consistency(
     p = upsample(prev, (h, w), mode) if prev.shape[-2:] != (h, w) else prev.float()
     p = rescale(p, eps, dims=(1, 2))
     # a flat map (nothing, or everything) has no background to learn from: only the user's cells seed it
-    seeds = torch.stack([torch.zeros_like(pk, dtype=torch.bool) if is_flat(pk, eps) else background_seeds(pk, power)
-                         for pk in p])
+    seeds = _background_seeds(p, power) & ~_flat_rows(p, eps)[:, None, None]
     if add_background is not None:
         seeds |= add_background.to(seeds.device)
     if keep_foreground is not None:
         seeds &= ~keep_foreground.to(seeds.device)
     v = summed_cosine(attn_hat, seeds.reshape(len(p), -1)).reshape(len(p), h, w)
-    out = torch.stack([gate(pk, vk, eps) if bool(sk.any()) else pk for pk, vk, sk in zip(p, v, seeds)])
-    return out
+    return torch.where(seeds.flatten(1).any(1)[:, None, None], gate_rows(p, v, eps), p)
 
 
 # ---- PAMR ---------------------------------------------------------------------------------------------------
@@ -143,7 +154,8 @@ def pamr(
         cols = torch.arange(-d, w + d, device=m.device).clamp(0, w - 1)
         pad = torch.empty((c, (h + 2 * d) * (w + 2 * d)), device=m.device)
         p3 = pad.view(c, h + 2 * d, w + 2 * d)
-        views = [p3[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w] for dy, dx in _OFFSETS if (dy, dx) != (0, 0)]
+        views = [p3[:, d + dy * d : d + dy * d + h, d + dx * d : d + dx * d + w]
+                 for dy, dx in _OFFSETS if (dy, dx) != (0, 0)]
         plan.append(((rows[:, None] * w + cols[None, :]).reshape(-1), pad, views))
     bufs = (torch.empty_like(m), torch.empty_like(m))
     src = m

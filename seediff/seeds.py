@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "minmax", "rescale", "is_flat", "otsu_threshold", "aggregate_layers", "otsu_seeds", "fixed_seeds",
-    "UserPrompt", "user_prompts", "point_cells", "box_cells", "boxes_mask",
+    "minmax", "rescale", "is_flat", "otsu_threshold", "otsu_thresholds", "aggregate_layers", "otsu_seeds",
+    "fixed_seeds", "UserPrompt", "user_prompts", "point_cells", "box_cells", "boxes_mask",
 ]
 
 
@@ -67,23 +67,32 @@ def otsu_threshold(x: torch.Tensor) -> float:
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    v = x.detach().float().reshape(-1)
-    if v.numel() == 0:
+    return float(otsu_thresholds(x.reshape(1, -1))[0])
+
+
+def otsu_thresholds(x: torch.Tensor) -> torch.Tensor:
+    """fp32 ``[K]``: :func:`otsu_threshold` of each of the ``K`` maps ``x[k]`` at once (one sort, one scan)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError("otsu_thresholds needs maps [K, ...]")
+    v = x.detach().float().reshape(x.shape[0], -1)
+    if v.shape[1] == 0:
         raise ValueError("otsu_threshold needs a non-empty map")
     if not bool(torch.isfinite(v).all()):
         raise ValueError("otsu_threshold: the map contains NaN or inf")
-    v = torch.sort(v.double()).values
-    n = v.numel()
-    if n < 2 or v[0] == v[-1]:
-        return float(v[-1])
-    c = torch.cumsum(v, 0)
+    v = torch.sort(v.double(), dim=1).values
+    n = v.shape[1]
+    if n < 2:
+        return v[:, -1].float()
+    c = torch.cumsum(v, 1)
     k = torch.arange(1, n, dtype=torch.float64, device=v.device)  # size of the lower class
-    mu0 = c[:-1] / k
-    mu1 = (c[-1] - c[:-1]) / (n - k)
+    mu0 = c[:, :-1] / k
+    mu1 = (c[:, -1:] - c[:, :-1]) / (n - k)
     between = (k / n) * (1 - k / n) * (mu0 - mu1) ** 2
-    between = torch.where(v[1:] > v[:-1], between, torch.full_like(between, -1.0))
-    i = int(torch.argmax(between))
-    return float(v[i].float())
+    between = torch.where(v[:, 1:] > v[:, :-1], between, torch.full_like(between, -1.0))
+    best = v.gather(1, between.argmax(1, keepdim=True))[:, 0]  # first maximum: ties to the lowest split
+    return torch.where(v[:, 0] == v[:, -1], v[:, -1], best).float()  # a flat map: its value
 
 
 def aggregate_layers(layers: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mask_fixtures import block_labels, block_self_attention
-from seediff.expand import expand, gate, mean_rows, row_normalize, summed_cosine
+from seediff.expand import expand, gate, gate_rows, mean_rows, row_normalize, summed_cosine
 
 
 def _random_attention(n: int, seed: int = 0) -> torch.Tensor:
@@ -60,6 +60,16 @@ def test_gate_hand_computed():
     v = torch.tensor([0.0, 0.0, 0.0, 2.0])  # the last cell looks exactly like the background
     # (1 − norm V) ⊙ norm P = [0, 0.5, 1, 0] → min-max → itself
     assert torch.allclose(gate(p, v), torch.tensor([0.0, 0.5, 1.0, 0.0]))
+
+
+def test_gate_rows_equal_gate_of_each_row():
+    """The batched gate is the per-map gate, bit for bit, including a flat similarity and an all-ones map."""
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(4, 5, 6, generator=g)
+    v = torch.rand(4, 5, 6, generator=g)
+    v[1] = 0.5  # flat similarity
+    p[2] = 1.0  # a map that reached every cell
+    assert torch.equal(gate_rows(p, v), torch.stack([gate(pk, vk) for pk, vk in zip(p, v)]))
 
 
 def test_flat_group_gives_zeros():

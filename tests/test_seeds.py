@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from seediff.seeds import (
-    aggregate_layers, box_cells, boxes_mask, fixed_seeds, is_flat, minmax, otsu_seeds, otsu_threshold, point_cells,
-    user_prompts,
+    aggregate_layers, box_cells, boxes_mask, fixed_seeds, is_flat, minmax, otsu_seeds, otsu_threshold, otsu_thresholds,
+    point_cells, user_prompts,
 )
 
 
@@ -21,6 +21,24 @@ def test_otsu_hand_computed():
     # 2-D map, value order irrelevant
     x = torch.tensor([[0.1, 0.9], [0.12, 0.95]])
     assert otsu_threshold(x) == pytest.approx(0.12)
+
+
+def test_otsu_thresholds_batched_equal_each_map_alone():
+    """One sort and scan for K maps gives each map's own threshold exactly (hand value, ties, flat, integers)."""
+    g = torch.Generator().manual_seed(3)
+    maps = torch.stack([
+        torch.tensor([6.0, 0.0, 2.0, 1.0, 0.0, 0.0]),  # hand-computed row of the test above, padded with ties
+        torch.full((6,), 0.25),  # flat: its value
+        torch.randint(0, 4, (6,), generator=g).float(),  # many ties
+        torch.rand(6, generator=g) ** 2,
+    ])
+    got = otsu_thresholds(maps)
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    assert got.tolist() == [otsu_threshold(m) for m in maps]
+    assert got[1] == 0.25
+    assert torch.equal(otsu_thresholds(maps.reshape(4, 2, 3)), got)  # maps of any shape: one per leading index
+    with pytest.raises(ValueError, match="NaN or inf"):
+        otsu_thresholds(torch.tensor([[0.0, 1.0], [float("nan"), 1.0]]))
 
 
 def test_otsu_known_bimodal_map_recovers_modes():

@@ -136,6 +136,7 @@ def generate(
     maps.mode = "generate"
     maps.meta.update(seed=int(seed), steps=steps, guidance=guidance, prompts=prompts,
                      image_hw=(images[0].height, images[0].width))
+    maps.meta["method_defaults"] = getattr(pipe, "seediff_defaults", {})
     maps.original_hw = (images[0].height, images[0].width)
     if len(images) == 1:
         maps.image = np.asarray(images[0].convert("RGB"))
@@ -214,6 +215,7 @@ def read_photo(
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)
+    maps.meta["method_defaults"] = getattr(pipe, "seediff_defaults", {})
     return Traced([rgb], maps)
 
 

@@ -16,6 +16,7 @@ __all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "BUILTIN_MODELS",
 _MODELS_DIR = Path(__file__).parent / "models"
 BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": _MODELS_DIR / "shapes"}
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
+METHOD_DEFAULTS_FILE = "seediff.json"
 
 
 class ModelLoadError(RuntimeError):
@@ -139,4 +140,22 @@ def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | tor
             raise ModelLoadError(f"model path {path} does not exist")
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
+    pipe.seediff_defaults = method_defaults(path) if path.is_dir() else {}
     return pipe
+
+
+def method_defaults(folder: Path) -> dict[str, dict]:
+    """Mask-method config overrides a model folder ships in ``seediff.json`` (``{"seediff": {...}}``): the
+    settings measured best for that model, used whenever a caller passes no config. Missing file → {}."""
+    f = Path(folder) / METHOD_DEFAULTS_FILE
+    if not f.is_file():
+        return {}
+    import json
+
+    try:
+        data = json.loads(f.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for k, v in data.items() if k != "about"):
+        raise ModelLoadError(f"{f} must map method names to objects of config fields")
+    return {k: v for k, v in data.items() if k != "about"}

@@ -27,7 +27,7 @@ from .seeds import (
 )
 
 __all__ = [
-    "SeeDiffConfig", "segment", "METHODS", "CONFIGS", "output_hw", "working_hw", "as_fp32", "seediff_probs", "seed_map",
+    "SeeDiffConfig", "segment", "default_config", "METHODS", "CONFIGS", "output_hw", "working_hw", "as_fp32", "seediff_probs", "seed_map",
 ]
 
 _UPSAMPLE = ("bicubic", "bilinear")
@@ -341,6 +341,19 @@ def _box_pixels(prompt: UserPrompt, image_hw, hw) -> torch.Tensor | None:
     return out
 
 
+def default_config(method: str, maps: AttentionMaps) -> object:
+    """The method's config when none is given: the reference values, with the overrides the model's folder
+    ships in ``seediff.json`` (carried in ``maps.meta['method_defaults']`` by ``generate``/``read_photo``)."""
+    cls = CONFIGS[method]
+    overrides = dict((maps.meta.get("method_defaults") or {}).get(method, {}))
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ValueError(f"the model's seediff.json sets unknown {cls.__name__} fields {unknown}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return cls(**fixed)
+
+
 def segment(
     maps: AttentionMaps,
     classes: str | Sequence[str],
@@ -354,7 +367,8 @@ def segment(
 ) -> ClassMasks:
     """Exclusive masks for ``classes`` (words of the prompt) from recorded attention, at the image's size.
 
-    method: 'seediff' | 'diffumask' | 'daam'; config: the method's config (default: reference values).
+    method: 'seediff' | 'diffumask' | 'daam'; config: the method's config (default: reference values and
+    the model's own ``seediff.json`` overrides, see :func:`default_config`).
     points: per class ``{class: [(x, y, label), ...]}`` in image pixels (label 1 positive, 0 negative; bare
     ``(x, y)`` is positive), or a bare list for a single class. boxes: ``{class: [(x0, y0, x1, y1), ...]}``
     likewise. User seeds are SeeDiff's; boxes also cut the baselines' masks. ``cache``: a dict kept across
@@ -362,7 +376,7 @@ def segment(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    config = CONFIGS[method]() if config is None else config
+    config = default_config(method, maps) if config is None else config
     if not isinstance(config, CONFIGS[method]):
         raise TypeError(f"method {method!r} takes a {CONFIGS[method].__name__}, got {type(config).__name__}")
     classes = _check_classes(classes)

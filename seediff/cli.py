@@ -1,7 +1,8 @@
 """The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
 
 Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback;
-set ``SEEDIFF_DEBUG=1`` for one);
+set ``SEEDIFF_DEBUG=1`` for one); an output that cannot be written (disk full, permission denied) prints one
+``error: cannot write <file>: <reason>`` line and exits 1, leaving only whole files (rerun to resume);
 a job with failed items writes everything else, lists the failures and exits 1 — rerun the same command to
 retry them.
 """
@@ -65,7 +66,7 @@ class UserError(Exception):
 def _user_errors(fn: Callable) -> Callable:
     """Turn input errors into ``error: …`` on stderr and exit 2, without a traceback."""
     from .jobs.executors import ExecutorError
-    from .jobs.store import JobMismatchError
+    from .jobs.store import JobMismatchError, OutputError
     from .pipeline import ModelLoadError
 
     @functools.wraps(fn)
@@ -81,6 +82,14 @@ def _user_errors(fn: Callable) -> Callable:
         except ExecutorError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except OutputError as exc:  # disk full, permission denied, read-only...: nothing half-written
+            typer.echo(f"error: {exc}; nothing was left half-written, rerun the same command once it is fixed",
+                       err=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:  # e.g. a path through a regular file (NotADirectoryError)
+            where = f": {exc.filename}" if exc.filename else ""
+            typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -221,11 +230,14 @@ def evaluate(
     from .evaluate import evaluate as run_eval
     from .evaluate import format_table
 
+    from .jobs.store import writing
+
     result = run_eval(read_coco(pred), read_coco(gt))
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
-    else:
-        typer.echo(format_table(result), nl=False)
+    with writing("<stdout>"):
+        if as_json:
+            typer.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        else:
+            typer.echo(format_table(result), nl=False)
 
 
 def _read_text(path: Path | None) -> str | None:
@@ -248,11 +260,13 @@ def ls2coco(
 ) -> None:
     """Label Studio export → COCO; skipped regions are listed as warnings."""
     from .coco import write_coco
+    from .jobs.store import writing
     from .lsformat import ls_to_coco
 
     dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
     _warn_issues(issues)
-    write_coco(out, dataset)
+    with writing(out):
+        write_coco(out, dataset)
     typer.echo(f"wrote {out}: {len(dataset['images'])} images, {len(dataset['annotations'])} annotations"
                f"{f', {len(issues)} issues' if issues else ''}")
 
@@ -268,6 +282,7 @@ def coco2ls(
 ) -> None:
     """COCO → Label Studio tasks with predictions."""
     from .coco import read_coco, write_json
+    from .jobs.store import writing
     from .lsformat import coco_to_ls
 
     tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
@@ -276,7 +291,8 @@ def coco2ls(
             key = next(iter(task["data"]))
             task["data"][key] = image_prefix + str(task["data"][key])
     _warn_issues(issues)
-    write_json(out, tasks)
+    with writing(out):
+        write_json(out, tasks)
     typer.echo(f"wrote {out}: {len(tasks)} tasks{f', {len(issues)} issues' if issues else ''}")
 
 
@@ -356,8 +372,7 @@ def show(
     tiles = [("masks: " + ", ".join(masks.labels), render.overlay(big, np.asarray(masks.masks, bool), colors))]
     for name in names:
         tiles.append((f"attention: {name}", render.heat_overlay(big, render.class_heat(maps, name, (h, w)))))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))
+    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
     found = ", ".join(f"{lab} {float(s):.2f}" for lab, s in zip(masks.labels, masks.scores)) or "no masks"
     typer.echo(f"wrote {out} ({found})")
 

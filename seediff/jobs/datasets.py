@@ -22,7 +22,7 @@ import numpy as np
 from ..coco import INFO, merge_coco, to_coco
 from . import render
 from .spec import Item, ItemWorker, JobSpec, derive_seed
-from .store import png_bytes, slug
+from .store import png_bytes, slug, writing
 
 __all__ = [
     "SYNTH_IDENTITY", "ANNOTATE_IDENTITY", "IMAGE_SUFFIXES", "check_classes", "plan_synthesize", "plan_annotate",
@@ -214,6 +214,7 @@ def finish(spec: JobSpec, items: Sequence[Item], coco_path: str | os.PathLike) -
     from .engine import records
 
     dataset = merge(records(spec, [i.id for i in items]), spec.params["classes"])
-    Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
-    write_coco(coco_path, dataset)
+    with writing(coco_path):
+        Path(coco_path).parent.mkdir(parents=True, exist_ok=True)
+        write_coco(coco_path, dataset)
     return dataset

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .executors import Executor, LocalExecutor
 from .spec import Item, JobSpec
-from .store import JobStore
+from .store import JobStore, OutputError
 
 __all__ = ["JobReport", "run_job"]
 
@@ -76,13 +76,23 @@ def run_job(spec: JobSpec, items: Sequence[Item], executor: Executor | None = No
         if on_result is not None:
             on_result(result)
 
+    stopped: BaseException | None = None
     try:
         (executor or LocalExecutor()).run(spec, todo, handle)
+    except BaseException as exc:
+        stopped = exc
+        raise
     finally:
         bar.close()
-        manifest = store.write_manifest(ids, {"kind": spec.kind})
-        report.failed = dict(manifest["failed"])
-        report.pending = list(manifest["pending"])
+        try:
+            manifest = store.write_manifest(ids, {"kind": spec.kind})
+        except OutputError:
+            if stopped is None:
+                raise
+            manifest = None  # the disk that stopped the job refuses the manifest too: report the first error
+        if manifest is not None:
+            report.failed = dict(manifest["failed"])
+            report.pending = list(manifest["pending"])
         report.seconds = time.perf_counter() - start
     return report
 

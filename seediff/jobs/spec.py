@@ -12,7 +12,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .store import JobStore, check_item_id
+from .store import JobStore, OutputError, check_item_id
 
 __all__ = ["Item", "JobSpec", "ItemWorker", "derive_seed", "load_worker_class"]
 
@@ -89,7 +89,8 @@ class ItemWorker:
 
     ``process(item)`` writes the item's files through ``self.store.write_file`` and returns its record
     (a JSON-able dict with ``files``: the paths it wrote); :meth:`run` writes the record last and turns an
-    exception into a failed result naming the item, so one bad item never stops the others.
+    exception into a failed result naming the item, so one bad item never stops the others — except an
+    :class:`~seediff.jobs.store.OutputError` (disk full, permission denied), which stops the job.
     """
 
     def __init__(self, spec: JobSpec) -> None:
@@ -114,6 +115,8 @@ class ItemWorker:
             record = self.process(item)
             record = dict(record) | {"seed": item.seed}
             self.store.write_record(item.id, record)
+        except OutputError:
+            raise  # the output folder cannot be written: no other item can succeed either, the job stops
         except Exception as exc:  # noqa: BLE001 - any item failure is reported, the job goes on
             message = f"{type(exc).__name__}: {exc}"
             self.store.write_error(item.id, message, traceback.format_exc())

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -27,7 +28,8 @@ import numpy as np
 
 from ..coco import write_json
 
-__all__ = ["JobStore", "JobMismatchError", "atomic_write_bytes", "png_bytes", "check_item_id", "slug", "read_json"]
+__all__ = ["JobStore", "JobMismatchError", "OutputError", "writing", "atomic_write_bytes", "png_bytes", "check_item_id",
+           "slug", "read_json"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
@@ -35,6 +37,36 @@ _TMP = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 class JobMismatchError(ValueError):
     """The output folder holds a different job (other parameters); resuming it would mix two jobs."""
+
+
+class OutputError(OSError):
+    """An output file cannot be written (disk full, permission denied, read-only, not a folder, file too large).
+
+    No item could succeed, so a job stops at once instead of failing item after item; what was written is whole
+    (temporaries are removed) and a rerun after the cause is fixed resumes. ``filename`` is the file meant, never
+    its temporary.
+    """
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
+@contextmanager
+def writing(path: str | os.PathLike):
+    """Turn an OSError raised while writing ``path`` into an OutputError naming ``path``."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(exc.errno, exc.strerror or str(exc), str(path)) from None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """:func:`seediff.coco.write_json` (atomic) with write failures as OutputError naming ``path``."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, obj)
 
 
 def check_item_id(item_id: str) -> str:
@@ -55,17 +87,18 @@ def slug(text: str) -> str:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes through a temporary file in the same folder, fsync, ``os.replace`` (whole file or none)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def png_bytes(image: Any) -> bytes:
@@ -131,7 +164,8 @@ class JobStore:
 
         Raises JobMismatchError naming the parameters that differ.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        with writing(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "job.json"
         if path.exists():
             old = read_json(path)
@@ -144,7 +178,7 @@ class JobStore:
                     "rerun with the same arguments to resume it, or choose another output folder"
                 )
             return True
-        write_json(path, dict(identity))
+        _write_json(path, dict(identity))
         return False
 
     def clean_temporaries(self) -> int:
@@ -170,16 +204,12 @@ class JobStore:
         for rel in record.get("files", []):
             if not self.path(rel).is_file():
                 raise RuntimeError(f"item {item_id}: record lists {rel} but it was not written")
-        path = self.record_path(item_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, dict(record) | {"id": item_id})
+        _write_json(self.record_path(item_id), dict(record) | {"id": item_id})
         self.error_path(item_id).unlink(missing_ok=True)
 
     def write_error(self, item_id: str, error: str, detail: str = "") -> None:
         """Record why an item failed (its record, if any, is left alone)."""
-        path = self.error_path(item_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"id": item_id, "error": error, "traceback": detail})
+        _write_json(self.error_path(item_id), {"id": item_id, "error": error, "traceback": detail})
 
     def record(self, item_id: str) -> dict[str, Any] | None:
         """The item's record if the item is done (record readable and its files present), else None."""
@@ -210,9 +240,7 @@ class JobStore:
         """A worker's summary of one batch, named by the batch's ids (same batch → same file); returns the name."""
         ids = sorted(str(r["id"]) for r in results)
         name = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-        path = self.root / "shards" / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {
+        _write_json(self.root / "shards" / f"{name}.json", {
             "ids": ids, "worker": worker,
             "done": sorted(str(r["id"]) for r in results if r["status"] == "done"),
             "failed": {str(r["id"]): str(r["error"]) for r in results if r["status"] == "failed"},
@@ -231,5 +259,5 @@ class JobStore:
                 pending.append(item_id)
         manifest = {"planned": len(planned), "done": done, "failed": failed, "pending": pending,
                     "complete": not failed and not pending} | dict(extra or {})
-        write_json(self.root / "manifest.json", manifest)
+        _write_json(self.root / "manifest.json", manifest)
         return manifest

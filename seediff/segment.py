@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .baseline import DAAMConfig, DiffuMaskConfig, _check_common, _check_levels, daam_probs, diffumask_probs
 from .capture import AttentionMaps
-from .expand import EXPANSIONS, expand, gate, row_normalize, summed_cosine
+from .expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
 from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
 from .refine import background_consistency, image_tensor, pamr, pamr_affinity
 from .seeds import (
@@ -277,20 +277,23 @@ def seediff_probs(
     own = torch.tensor(owner, device=device)
     fg = torch.full((len(live), n_cells), -torch.inf, device=device).scatter_reduce(
         0, own[:, None].expand(-1, n_cells), scores, reduce="amax")
-    add_all = torch.stack([a for a, _ in adds])
-    if bool(add_all.any()):
+    user = any(not prompts.get(w, UserPrompt()).empty for w in live)  # text only: no user cells to force
+    add_all = torch.stack([a for a, _ in adds]) if user else None
+    if user and bool(add_all.any()):
         v = summed_cosine(hat, add_all.float())
-        fg = torch.stack([gate(f, vk, cfg.flat_eps) if bool(a.any()) else f for f, vk, a in zip(fg, v, add_all)])
+        fg = torch.where(add_all.any(1)[:, None], gate_rows(fg, v, cfg.flat_eps), fg)
     prev = fg.reshape(len(live), *grid)
 
     for lv in cfg.background_levels:
         g_hw = maps.level_hw(lv)
-        cons = [_level_constraints(prompts.get(w, UserPrompt()), image_hw, g_hw, device) for w in live]
+        add_bg = keep_fg = None
+        if user:
+            cons = [_level_constraints(prompts.get(w, UserPrompt()), image_hw, g_hw, device) for w in live]
+            add_bg = torch.stack([c[0] for c in cons]).reshape(len(live), *g_hw)
+            keep_fg = torch.stack([c[1] for c in cons]).reshape(len(live), *g_hw)
         prev = background_consistency(
             prev, _self_hat(maps, lv, batch, cache), g_hw, power=cfg.background_power,
-            add_background=torch.stack([c[0] for c in cons]).reshape(len(live), *g_hw),
-            keep_foreground=torch.stack([c[1] for c in cons]).reshape(len(live), *g_hw),
-            mode=cfg.upsample, eps=cfg.flat_eps,
+            add_background=add_bg, keep_foreground=keep_fg, mode=cfg.upsample, eps=cfg.flat_eps,
         )
     final = rescale(_resize(prev, hw, cfg.upsample), cfg.flat_eps, dims=(1, 2)).cpu()
 

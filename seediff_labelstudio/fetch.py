@@ -133,6 +133,9 @@ class Fetcher:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise FetchError(f"refusing to fetch {url[:100]!r}: only http(s) URLs")
+        if parts.username is not None or parts.password is not None:
+            # httpx would send them as basic auth, replacing Label Studio's key; other hosts got them dropped
+            raise FetchError(f"refusing to fetch {_redact(url)}: user:password in a URL is not sent anywhere")
         if self._is_ls(parts):
             return True, url, {}, {}
         host = parts.hostname.lower()

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app", "main", "quiet_libraries"]
 
 log = logging.getLogger("seediff_labelstudio")
 MODEL_CLASS = "SeeDiff"
@@ -262,6 +262,13 @@ def _project_id(project: str | int | None) -> str:
     return "" if project is None else str(project).split(".")[0]
 
 
+def quiet_libraries() -> None:
+    """Libraries log at WARNING and above only, whatever LOG_LEVEL is: at DEBUG httpcore prints response headers
+    verbatim (a redirect's Location may carry a token, Label Studio's Set-Cookie a session), httpx every URL."""
+    for noisy in ("httpx", "httpcore", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``seediff-labelstudio``: validate settings, load the model, then serve (port 9090 by default)."""
     ap = argparse.ArgumentParser(prog="seediff-labelstudio", description=__doc__.splitlines()[0])
@@ -275,8 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()
     log.info("starting with %r", settings)
     model = SeeDiffModel(settings)
     model.load()  # before the port opens: Label Studio's /health (1 s) and /setup (3 s) find it loaded

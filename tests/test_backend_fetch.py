@@ -224,3 +224,34 @@ def test_http_byte_cap_and_timeout(ls):
     assert time.monotonic() - t0 < 2.5
     with pytest.raises(FetchError, match="answered HTTP 404"):
         f.fetch("/data/upload/missing.png")
+
+
+# ---- secrets ---------------------------------------------------------------------------------------------
+def test_secrets_never_in_errors_or_logs_even_when_a_redirect_or_error_body_carries_them(ls, other, caplog):
+    """The key goes only in the Authorization header to Label Studio; when a redirect's Location or an error
+    body carries it back (or a token in a query string, or user:password in a URL), no error message or log
+    line repeats it."""
+    import logging
+
+    ls.redirect("/data/upload/a.png", f"http://evil.example.org/steal.png?token={KEY}")  # another host
+    ls.redirect("/data/upload/b.png", f"/data/upload/gone.png?access_token={KEY}")  # same host, then 404
+    ls.redirect("/data/upload/c.png", f"http://admin:{KEY}@127.0.0.1:{ls.port}/data/upload/gone.png")  # userinfo
+    ls.redirect("/data/upload/d.png", f"http://localhost:{other.port}/x.png?key={KEY}")  # allowed name → loopback
+    ls.routes["/data/upload/e.png"] = lambda req: (500, {}, f"bad {req.headers.get('Authorization')}".encode())
+    ls.routes["/data/upload/f.png"] = lambda req: (200, {}, f"<html>{KEY}</html>".encode())  # not an image
+    from seediff_labelstudio.server import quiet_libraries
+
+    quiet_libraries()  # as the server's main() does: LOG_LEVEL=DEBUG must not let httpcore print headers
+    f = _fetcher(ls.url, KEY, SEEDIFF_ALLOWED_HOSTS="localhost")
+    expected = {"a": "refusing to fetch from host 'evil.example.org'", "b": "/data/upload/gone.png answered HTTP 404",
+                "c": "user:password in a URL is not sent anywhere", "d": "resolves to non-public address 127.0.0.1",
+                "e": "answered HTTP 500", "f": "not an image"}
+    with caplog.at_level(logging.DEBUG):
+        for name, phrase in expected.items():
+            with pytest.raises(FetchError, match=phrase) as err:
+                f.fetch(f"/data/upload/{name}.png")
+            assert KEY not in str(err.value) and "admin" not in str(err.value), str(err.value)
+            logging.getLogger("seediff_labelstudio").warning("task 1: %s", err.value)  # what the model logs
+    assert KEY not in caplog.text
+    assert other.requests == []  # the loopback redirect was refused before connecting
+    assert {r[2].get("Authorization") for r in ls.requests} == {f"Token {KEY}"}  # the key went only to LS

@@ -108,3 +108,98 @@ def test_unreachable_label_studio_is_one_line(tmp_path):
                                  "--project", "1", "--work-dir", str(tmp_path), "--no-progress"])
     assert r.exit_code == 2, r.output
     assert f"cannot reach Label Studio at http://127.0.0.1:{port}" in r.output and "Traceback" not in r.output
+
+
+class _FakeLabelStudio:
+    """Just enough of Label Studio's API for preannotate (project, paged task list, uploads with the token,
+    prediction import), on a fixed port so it can go away and come back at the same URL."""
+
+    def __init__(self, port: int, tasks: list[dict], png: bytes, posted: list, go_down_after_listing: bool) -> None:
+        import json as _json
+        from urllib.parse import parse_qs, urlsplit
+
+        state = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _send(self, code, body, ctype="application/json"):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                if self.headers.get("Authorization") != "Token k":
+                    return self._send(401, b"{}")
+                parts = urlsplit(self.path)
+                if parts.path == "/api/projects/1/":
+                    return self._send(200, _json.dumps({"id": 1, "label_config": E2E_CONFIG}).encode())
+                if parts.path == "/api/tasks/":
+                    page = int(parse_qs(parts.query).get("page", ["1"])[0])
+                    done = {p["task"] for p in posted}
+                    listed = [t | {"predictions": [{"model_version": p["model_version"]} for p in posted
+                                                   if p["task"] == t["id"]]} for t in tasks] if page == 1 else []
+                    self._send(200, _json.dumps({"tasks": listed, "total": len(tasks), "total_annotations": 0,
+                                                 "total_predictions": len(done)}).encode())
+                    if page > 1 and go_down_after_listing:  # Label Studio goes away after the listing
+                        threading.Thread(target=state.close, daemon=True).start()
+                    return None
+                if parts.path.startswith("/data/upload/"):
+                    return self._send(200, png, "image/png")
+                return self._send(404, b"{}")
+
+            def do_POST(self):  # noqa: N802
+                body = _json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
+                if self.path.startswith("/api/projects/1/import/predictions"):
+                    posted.extend(body)
+                    return self._send(201, _json.dumps({"created": len(body)}).encode())
+                return self._send(404, b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_label_studio_gone_mid_run_gives_per_task_errors_and_a_rerun_completes(tmp_path, tiny_pipe_path):
+    """Label Studio answers the listing, then is unreachable while the images are fetched: every task fails
+    with a clear per-task error, nothing is posted; once it is back, the same command predicts and posts all."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(buf, format="PNG")
+    tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}} for i in (1, 2, 3)]
+    posted: list = []
+    argv = ["preannotate", "--url", f"http://127.0.0.1:{port}", "--api-key", "k", "--project", "1",
+            "--model", str(tiny_pipe_path), "--device", "cpu", "--work-dir", str(tmp_path / "work"), "--no-progress"]
+    ls = _FakeLabelStudio(port, tasks, buf.getvalue(), posted, go_down_after_listing=True)
+    try:
+        down = CliRunner().invoke(app, argv)
+    finally:
+        ls.close()  # (already closed by itself after the listing; closing twice is harmless)
+    assert down.exit_code == 1, down.output
+    assert "Traceback" not in down.output and posted == []
+    for i in (1, 2, 3):
+        assert f"failed task-{i}: FetchError: GET http://127.0.0.1:{port}/data/upload/1/{i}.png failed: ConnectError" \
+            in down.output, down.output
+    assert "rerun the same command to retry the failed tasks" in down.output
+
+    ls = _FakeLabelStudio(port, tasks, buf.getvalue(), posted, go_down_after_listing=False)
+    try:
+        back = CliRunner().invoke(app, argv)
+        assert back.exit_code == 0, back.output
+        assert "3 tasks, 0 already had" in back.output and "3 predictions posted, 0 failed" in back.output
+        assert sorted(p["task"] for p in posted) == [1, 2, 3] and all(p["result"] for p in posted)
+        again = CliRunner().invoke(app, argv)  # everything is there now: nothing to do
+        assert again.exit_code == 0 and "3 already had" in again.output and "0 predictions posted" in again.output
+    finally:
+        ls.close()

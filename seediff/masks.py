@@ -14,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ClassMasks", "assign_labels", "one_hot", "labels_from_stack", "class_scores", "resize_stack"]
+__all__ = [
+    "ClassMasks", "assign_labels", "resolve_overlaps", "one_hot", "labels_from_stack", "class_scores", "resize_stack",
+]
 
 
 @dataclass
@@ -85,6 +87,30 @@ def assign_labels(probs: torch.Tensor, thresholds: torch.Tensor | Sequence[float
     score = torch.where(cand, p, torch.full_like(p, -torch.inf))
     best = score.argmax(0)
     return torch.where(cand.any(0), best + 1, torch.zeros_like(best))
+
+
+def resolve_overlaps(
+    probs: torch.Tensor, evidence: torch.Tensor, thresholds: torch.Tensor | Sequence[float]
+) -> torch.Tensor:
+    """``probs`` with each contested pixel left to one class: the one with the highest ``evidence`` there.
+
+    A pixel is contested when several classes exceed their thresholds; every contender but the one with the
+    highest evidence (ties: lower index) gets probability 0 there. Uncontested pixels are unchanged. Used with
+    each word's cross-attention as evidence: expansions that spread onto the same object are settled by which
+    word names it, not by which expansion happens to be more confident.
+    """
+    p, e = probs.float(), evidence.float().to(probs.device)
+    if p.ndim != 3 or e.shape != p.shape:
+        raise ValueError(f"probs and evidence must both be [N, H, W], got {tuple(p.shape)} and {tuple(e.shape)}")
+    t = torch.as_tensor(thresholds, dtype=torch.float32, device=p.device).reshape(-1, 1, 1)
+    if t.shape[0] != p.shape[0]:
+        raise ValueError(f"{t.shape[0]} thresholds for {p.shape[0]} classes")
+    cand = p > t
+    if p.shape[0] < 2:
+        return p
+    best = torch.where(cand, e, torch.full_like(e, -torch.inf)).argmax(0)
+    loses = cand & (cand.sum(0) > 1)[None] & (torch.arange(p.shape[0], device=p.device)[:, None, None] != best[None])
+    return torch.where(loses, torch.zeros_like(p), p)
 
 
 def one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:

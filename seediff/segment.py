@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .baseline import DAAMConfig, DiffuMaskConfig, _check_common, _check_levels, daam_probs, diffumask_probs
 from .capture import AttentionMaps
 from .expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
-from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
+from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack, resolve_overlaps
 from .refine import background_consistency, image_tensor, pamr, pamr_affinity
 from .seeds import (
     UserPrompt, aggregate_layers, boxes_mask, fixed_seeds, minmax, otsu_seeds, point_cells, rescale, user_prompts,
@@ -31,11 +31,12 @@ __all__ = [
 ]
 
 _UPSAMPLE = ("bicubic", "bilinear")
+_OVERLAP = ("argmax", "attention")
 
 
 @dataclass(frozen=True)
 class SeeDiffConfig:
-    """SeeDiff's constants, with the reference defaults (levels as in ``seediff.capture``: SD 1.5 2 = 16²).
+    """SeeDiff's constants, reference defaults except ``overlap`` (levels as in ``seediff.capture``: SD 1.5 2 = 16²).
 
     seed_levels: cross-attention levels whose maps seed the class (reference 16² = (2,); follow-up 8²+16² =
         (3, 2)). Each level: per-layer min-max, sum, min-max; levels resized to the expansion grid and summed.
@@ -56,6 +57,9 @@ class SeeDiffConfig:
     work_max_side: cap on the long side of the working size; masks are made at most at the size the model
         saw (``model_side``) and at most this, then resized to the image.
     upsample: interpolation between levels and to the working size (reference: bicubic).
+    overlap: a pixel several classes' final maps claim goes to the class whose seed map (its cross-attention) is
+        highest there ('attention', default; requests without user points/boxes) or to the highest final map
+        ('argmax', the reference). builtin:shapes 2-object photo mIoU 0.70 → 0.77 (docs/QUALITY.md).
     """
 
     seed_levels: tuple[int, ...] = (2,)
@@ -76,6 +80,7 @@ class SeeDiffConfig:
     flat_eps: float = 1e-4
     work_max_side: int = 512
     upsample: str = "bicubic"
+    overlap: str = "attention"
 
     def __post_init__(self) -> None:
         _check_levels("seed_levels", self.seed_levels)
@@ -102,6 +107,8 @@ class SeeDiffConfig:
             isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.pamr_dilations
         ):
             raise ValueError(f"pamr_dilations must be a non-empty tuple of positive ints, got {self.pamr_dilations!r}")
+        if self.overlap not in _OVERLAP:
+            raise ValueError(f"overlap must be one of {_OVERLAP}, got {self.overlap!r}")
         if self.upsample not in _UPSAMPLE:
             raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {self.upsample!r}")
         _check_common(self)
@@ -241,7 +248,7 @@ def seediff_probs(
     device = hat.device
     reasons: dict[str, str] = {}
     live: list[str] = []
-    groups, owner, adds = [], [], []
+    groups, owner, adds, smaps = [], [], [], []
     for word in classes:
         if not maps.has_word(word, batch):
             reasons[word] = f"{word!r} is not in the prompt"
@@ -260,6 +267,7 @@ def seediff_probs(
                 seeds[torch.argmax(torch.where(box, smap.reshape(-1), torch.full_like(smap.reshape(-1), -1.0)))] = True
         k = len(live)
         live.append(word)
+        smaps.append(smap)
         groups.append(seeds.float())
         owner.append(k)
         for cell in point_cells(prompt.positive, image_hw, grid).tolist() if len(prompt.positive) else []:
@@ -296,6 +304,13 @@ def seediff_probs(
             add_background=add_bg, keep_foreground=keep_fg, mode=cfg.upsample, eps=cfg.flat_eps,
         )
     final = rescale(_resize(prev, hw, cfg.upsample), cfg.flat_eps, dims=(1, 2)).cpu()
+    if cfg.overlap == "attention" and len(live) > 1 and all(prompts.get(w, UserPrompt()).empty for w in live):
+        claimed = (final > cfg.threshold).flatten(1).any(1)
+        evidence = _resize(torch.stack(smaps), hw, cfg.upsample).cpu()  # each word's cross-attention
+        final = resolve_overlaps(final, evidence, [cfg.threshold] * len(live))
+        for k, word in enumerate(live):
+            if bool(claimed[k]) and not bool((final[k] > cfg.threshold).any()):
+                reasons[word] = f"{word!r} lost every pixel to words with stronger cross-attention there"
 
     probs = torch.zeros((len(classes), *hw))
     for k, word in enumerate(live):

@@ -356,10 +356,11 @@ class E2EImage:
 
 
 def draw_scene(path: Path, width: int, height: int, shapes: dict[str, tuple[int, int, int, int]]) -> None:
-    """Write a PNG: a white background with a red circle and/or a blue square in the given boxes."""
+    """Write a PNG: a red circle and/or a blue square in the given boxes on a plain grey background (the bundled
+    model's world: seediff.testing.shapes draws on grey)."""
     from PIL import Image, ImageDraw
 
-    img = Image.new("RGB", (width, height), (250, 250, 250))
+    img = Image.new("RGB", (width, height), (128, 128, 128))
     draw = ImageDraw.Draw(img)
     for name, box in shapes.items():
         if name == "circle":
@@ -442,10 +443,11 @@ def create_project(client, label_studio: LabelStudioServer, images: list[E2EImag
 
 @pytest.fixture(scope="session")
 def e2e_model(request) -> str:
-    """The model the backend serves: $SEEDIFF_E2E_MODEL (e.g. builtin:shapes), else the session's tiny
-    random-weight pipeline folder (``tiny_pipe_path`` in tests/conftest.py, built offline once)."""
-    chosen = os.environ.get("SEEDIFF_E2E_MODEL", "")
-    return chosen or str(request.getfixturevalue("tiny_pipe_path"))
+    """The model the backend serves: $SEEDIFF_E2E_MODEL (``tiny`` = the session's random-weight pipeline
+    folder from tests/conftest.py), else the backend's own default, the bundled ``builtin:shapes``, whose
+    proposals mean something (test_proposals_cover_their_objects checks them)."""
+    chosen = os.environ.get("SEEDIFF_E2E_MODEL", "") or "builtin:shapes"
+    return str(request.getfixturevalue("tiny_pipe_path")) if chosen == "tiny" else chosen
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,37 @@ def test_retrieving_again_skips_predicted_tasks(ls_client, predicted):
     assert after == before
 
 
+def log_in(page, label_studio) -> None:
+    """Log the browser page in to Label Studio with the e2e account."""
+    page.goto(f"{label_studio.url}/user/login/", wait_until="domcontentloaded")
+    page.fill("input[name=email]", label_studio.username)
+    page.fill("input[name=password]", label_studio.password)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    assert "/user/login" not in page.url, "login failed"
+
+
+def test_model_settings_page_shows_the_connected_backend(label_studio, predicted, backend, browser):
+    """Project → Settings → Model lists the seediff backend as connected, with its URL; the screenshot is the
+    README's "connect the model" step (artifacts/e2e/model-settings.png)."""
+    project: E2EProject = predicted["project"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "model-settings.png"
+    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    try:
+        log_in(page, label_studio)
+        page.goto(f"{label_studio.url}/projects/{project.id}/settings/ml", wait_until="domcontentloaded")
+        page.get_by_text(backend.url, exact=False).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(shot))
+        text = page.inner_text("body")
+    finally:
+        page.close()
+    assert shot.stat().st_size > 10_000
+    assert "seediff" in text and backend.url in text
+    assert "Connected" in text, "the model card does not say Connected"
+
+
 def test_labeling_page_shows_proposals(label_studio, ls_client, predicted, browser):
     """Headless Chromium logs in, opens a task's labeling page, finds one region per stored proposal in the
     editor's region list, and saves a screenshot (artifacts/e2e/labeling-task-<id>.png)."""
@@ -141,12 +172,7 @@ def test_labeling_page_shows_proposals(label_studio, ls_client, predicted, brows
     shot = ARTIFACTS / f"labeling-task-{task_id}.png"
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     try:
-        page.goto(f"{label_studio.url}/user/login/", wait_until="domcontentloaded")
-        page.fill("input[name=email]", label_studio.username)
-        page.fill("input[name=password]", label_studio.password)
-        with page.expect_navigation():
-            page.click("button[type=submit]")
-        assert "/user/login" not in page.url, "login failed"
+        log_in(page, label_studio)
         page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task_id}", wait_until="domcontentloaded")
         # The editor is up when the task image has loaded at its natural size and the region list is filled.
         page.wait_for_function(
@@ -164,6 +190,63 @@ def test_labeling_page_shows_proposals(label_studio, ls_client, predicted, brows
     labels = sorted(r["value"][r["type"]][0] for r in pred.result)
     assert sorted(t.strip() for t in listed) == labels
 
+
+def region_mask(region: dict, width: int, height: int) -> np.ndarray:
+    """The pixels a stored polygon or brush region covers, as an H×W bool array."""
+    value = region["value"]
+    if region["type"] == "polygonlabels":
+        from PIL import Image, ImageDraw
+
+        img = Image.new("1", (width, height), 0)
+        ImageDraw.Draw(img).polygon([(x * width / 100, y * height / 100) for x, y in value["points"]], fill=1)
+        return np.asarray(img, dtype=bool)
+    from label_studio_sdk.converter.brush import decode_rle
+
+    return decode_rle(value["rle"]).reshape(height, width, 4)[..., 3] > 0
+
+
+def object_mask(kind: str, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """The pixels draw_scene painted for one shape."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("1", (width, height), 0)
+    (ImageDraw.Draw(img).ellipse if kind == "circle" else ImageDraw.Draw(img).rectangle)(box, fill=1)
+    return np.asarray(img, dtype=bool)
+
+
+def test_proposals_cover_their_objects(ls_client, predicted, e2e_model):
+    """What an annotator gets from the bundled model through Label Studio: each drawn object's label covers it.
+
+    The backend prompts every label of the config ("a photo of a circle and a square"), so on a one-object
+    image the absent class also claims pixels (docs/QUALITY.md, "every label-config class in the prompt").
+    Measured on builtin:shapes: IoU 0.946 / 0.942 on the two-object image; 0.58 and 0.51 on the one-object
+    images, where the object's own label still holds most (0.60 / 0.55) of the labelled object pixels.
+    """
+    if e2e_model != "builtin:shapes":
+        pytest.skip(f"proposal quality is only meaningful on the bundled model, not {e2e_model}")
+    project: E2EProject = predicted["project"]
+    ious, own_share = {}, {}
+    for task_id, image in project.tasks.items():
+        (pred,) = ls_client.predictions.list(task=task_id)
+        by_label: dict[str, np.ndarray] = {}
+        for r in pred.result:
+            label = r["value"][r["type"]][0]
+            got = by_label.setdefault(label, np.zeros((image.height, image.width), bool))
+            got |= region_mask(r, image.width, image.height)
+        for kind, box in image.shapes.items():
+            truth = object_mask(kind, box, image.width, image.height)
+            got = by_label.get(kind.capitalize(), np.zeros_like(truth))
+            others = [m for lab, m in by_label.items() if lab != kind.capitalize()]
+            other = np.any(others, axis=0) if others else np.zeros_like(truth)
+            key = f"{image.rel}:{kind}"
+            ious[key] = round(float((got & truth).sum() / max((got | truth).sum(), 1)), 3)
+            own_share[key] = round(float((got & truth).sum() / max(((got | other) & truth).sum(), 1)), 3)
+    print("proposal IoU per object:", ious, "own label's share of the labelled object pixels:", own_share)
+    for key, iou in ious.items():
+        two_objects = key.endswith(("both.png:circle", "both.png:square"))
+        assert iou >= (0.85 if two_objects else 0.4), (key, ious)
+        if two_objects:  # measured 1.0 each; one-object images 0.60 / 0.55 (the absent class's share)
+            assert own_share[key] >= 0.9, (key, own_share)
 
 def test_predictions_pushed_through_the_api_are_stored(ls_client, preannotate_target):
     """The preannotation path (what `seediff preannotate` does): results posted as predictions are stored,

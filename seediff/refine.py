@@ -98,6 +98,7 @@ def image_tensor(image: np.ndarray, hw: tuple[int, int] | None = None) -> torch.
 
 
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # row-major 3×3; index 4 is the centre
+_NEIGHBOURS = [k for k, off in enumerate(_OFFSETS) if off != (0, 0)]
 
 
 def _shifted(x: torch.Tensor, dilation: int, with_centre: bool = False) -> list[torch.Tensor]:
@@ -124,10 +125,10 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1,), sigma_sc
     x = image.float()
     logits = []
     for d in dilations:
-        std = torch.stack(_shifted(x, d, with_centre=True)).std(0)  # [C, H, W], unbiased over 9 like the reference
-        scale = 1e-8 + sigma_scale * std
-        logits += [(-(nb - x).abs() / scale).mean(0) for nb in _shifted(x, d)]
-    return torch.softmax(torch.stack(logits), dim=0)
+        nine = torch.stack(_shifted(x, d, with_centre=True))  # [9, C, H, W]
+        scale = 1e-8 + sigma_scale * nine.std(0)  # [C, H, W], unbiased over 9 like the reference
+        logits.append((-(nine[_NEIGHBOURS] - x).abs() / scale).mean(1))  # the 8 neighbours at once
+    return torch.softmax(torch.cat(logits), dim=0)
 
 
 def pamr(

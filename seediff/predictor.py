@@ -9,12 +9,15 @@ prompt is read once and kept.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 from .capture import AttentionMaps, CaptureConfig
 from .masks import ClassMasks
+from .presence import PRESENCE_THRESHOLD, present_classes, presence_scores
 from .segment import _check_classes, segment
 
 __all__ = ["SeeDiffPredictor", "class_prompt"]
@@ -31,6 +34,22 @@ def class_prompt(classes: Sequence[str], template: str = "a photo of {}") -> str
     return template.format(" and ".join(f"a {w}" for w in words))
 
 
+def _only(seeds, kept: list[str]):
+    """Per-class points/boxes restricted to the kept classes (None if none are left; a bare list as it is)."""
+    if not isinstance(seeds, dict):
+        return seeds
+    return {c: v for c, v in seeds.items() if c in kept} or None
+
+
+def _with_empty(out: ClassMasks, words: list[str], reasons: dict[str, str]) -> ClassMasks:
+    """``out`` extended to every word in ``words`` order: the words it lacks get an empty mask and a reason."""
+    h, w = out.masks.shape[1:]
+    masks = [out.masks[out.labels.index(c)] if c in out.labels else np.zeros((h, w), dtype=bool) for c in words]
+    scores = [out.scores[out.labels.index(c)] if c in out.labels else 0.0 for c in words]
+    return dataclasses.replace(out, labels=words, masks=np.stack(masks), scores=np.asarray(scores, np.float32),
+                               reasons={**out.reasons, **reasons})
+
+
 class SeeDiffPredictor:
     """Masks for any class words of one image, from a Stable Diffusion pipeline's own attention.
 
@@ -44,6 +63,7 @@ class SeeDiffPredictor:
         self.pipe = pipe
         self.capture = capture
         self.prompt_template = prompt_template
+        self.presence_threshold = PRESENCE_THRESHOLD  # drop_absent's decision threshold (model-specific)
         self.reset_image()
 
     # ---- the expensive part -----------------------------------------------------------------------------
@@ -55,6 +75,7 @@ class SeeDiffPredictor:
         self._maps: AttentionMaps | None = None
         self._by_prompt: dict[str, tuple[AttentionMaps, dict]] = {}
         self._cache: dict = {}
+        self._presence: dict[tuple[str, ...], dict[str, float]] = {}
 
     def generate(self, prompt: str, seed: int = 0, **kwargs) -> Image.Image:
         """Generate an image for ``prompt`` (``seediff.modes.generate`` kwargs: steps, guidance, height, width…)
@@ -125,12 +146,35 @@ class SeeDiffPredictor:
         boxes=None,
         method: str = "seediff",
         config=None,
+        drop_absent: bool = False,
     ) -> ClassMasks:
-        """Masks for ``classes`` on the current image; see :func:`seediff.segment.segment` for the arguments."""
+        """Masks for ``classes`` on the current image; see :func:`seediff.segment.segment` for the arguments.
+
+        ``drop_absent``: run the generative presence test (:mod:`seediff.presence`, 6 batched UNet calls, once per
+        class list) and give classes it decides absent an empty mask (reason says so) instead of segmenting them;
+        classes with user points or boxes are always kept.
+        """
         self._require()
         words = _check_classes(classes)
         maps, cache = self._maps_for(words)
-        return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
+        if not drop_absent or len(words) < 2:
+            return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
+        scores = self.presence(words)
+        seeded = {c for seeds in (points, boxes) if isinstance(seeds, dict) for c, v in seeds.items() if v}
+        kept = [c for c in words if c in present_classes(scores, self.presence_threshold) or c in seeded]
+        out = segment(maps, kept, method=method, config=config, points=_only(points, kept), boxes=_only(boxes, kept),
+                      cache=cache)
+        return _with_empty(out, words, {c: f"absent by the presence test (score {scores[c]:.4g})"
+                                        for c in words if c not in kept})
+
+    def presence(self, classes: Sequence[str]) -> dict[str, float]:
+        """Presence scores of ``classes`` on the current image (:func:`seediff.presence.presence_scores`), cached."""
+        self._require()
+        words = tuple(_check_classes(classes))
+        if words not in self._presence:
+            seed = int(self._photo_kwargs.get("seed", 0))
+            self._presence[words] = presence_scores(self.pipe, self._image, words, self.prompt_template, seed=seed)
+        return self._presence[words]
 
     def __repr__(self) -> str:
         state = "no image" if self._image is None else f"image {self._image.width}x{self._image.height}"

@@ -27,7 +27,8 @@ log = logging.getLogger("seediff_labelstudio")
 
 def backend_model_version(s: Settings) -> str:
     """The model_version for these settings: the preannotate CLI's name for the model, method, photo mode and t,
-    plus a short hash of any other non-default setting that changes the masks (prompt template, seed, steps).
+    plus a short hash of any other non-default setting that changes the masks (prompt template, seed, steps,
+    drop_absent).
 
     With default prompt/seed/steps it equals ``model_version_for`` exactly, so tasks pre-annotated by
     ``seediff preannotate`` with the same settings are skipped by Label Studio, not predicted twice.
@@ -39,6 +40,8 @@ def backend_model_version(s: Settings) -> str:
         extra["seed"] = s.seed
     if s.photo_mode != "noise" and s.steps != 10:
         extra["steps"] = s.steps
+    if s.drop_absent:
+        extra["drop_absent"] = True
     base = model_version_for(s.model, s.method, s.photo_mode, s.timestep)
     if not extra:
         return base
@@ -224,7 +227,8 @@ class SeeDiffModel:
                     while len(self._predictors) > s.cache_images:
                         self._predictors.popitem(last=False)
                 t3 = time.perf_counter()
-                masks = predictor.predict(classes, points=seeds, boxes=boxes or None, method=s.method)
+                masks = predictor.predict(classes, points=seeds, boxes=boxes or None, method=s.method,
+                                          drop_absent=s.drop_absent)
                 t4 = time.perf_counter()
             size = (image.width, image.height)
         finally:

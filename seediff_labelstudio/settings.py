@@ -52,6 +52,17 @@ def _int(env: dict, name: str, default: int, lo: int = 1) -> int:
     return value
 
 
+def _bool(env: dict, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {env.get(name)!r}")
+
+
 def _float(env: dict, name: str, default: float) -> float:
     raw = env.get(name)
     if raw in (None, ""):
@@ -78,6 +89,7 @@ class Settings:
     steps: int = 10  # SEEDIFF_STEPS: DDIM steps (denoise / invert modes)
     prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} or {classes} ← "a x and a y"
     seed: int = 0  # SEEDIFF_SEED
+    drop_absent: bool = False  # SEEDIFF_DROP_ABSENT: presence test, empty masks for classes decided absent
     ls_url: str | None = None  # LABEL_STUDIO_URL
     ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -152,6 +164,7 @@ class Settings:
             steps=_int(env, "SEEDIFF_STEPS", 10),
             prompt_template=template,
             seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
+            drop_absent=_bool(env, "SEEDIFF_DROP_ABSENT", False),
             ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
             allowed_roots=tuple(roots), allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),

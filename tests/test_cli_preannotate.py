@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import re
 import threading
 
 import pytest
@@ -188,9 +189,9 @@ def test_label_studio_gone_mid_run_gives_per_task_errors_and_a_rerun_completes(t
         ls.close()  # (already closed by itself after the listing; closing twice is harmless)
     assert down.exit_code == 1, down.output
     assert "Traceback" not in down.output and posted == []
-    for i in (1, 2, 3):
-        assert f"failed task-{i}: FetchError: GET http://127.0.0.1:{port}/data/upload/1/{i}.png failed: ConnectError" \
-            in down.output, down.output
+    for i in (1, 2, 3):  # a fetch racing the shutdown may see the connection reset (ReadError) rather than refused
+        assert re.search(rf"failed task-{i}: FetchError: GET http://127\.0\.0\.1:{port}/data/upload/1/{i}\.png "
+                         r"failed: (ConnectError|ReadError|RemoteProtocolError)", down.output), down.output
     assert "rerun the same command to retry the failed tasks" in down.output
 
     ls = _FakeLabelStudio(port, tasks, buf.getvalue(), posted, go_down_after_listing=False)

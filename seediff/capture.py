@@ -159,10 +159,13 @@ class RecordingProcessor:
         # Only the conditional half is recorded; the unconditional half keeps the fused SDPA kernel.
         split = query.shape[0] // 2 if self.cfg_getter() else 0  # rows are (batch, head)-major: halves align
         parts = []
-        if split:
-            mask_u = attention_mask[:split] if attention_mask is not None else None
-            parts.append(F.scaled_dot_product_attention(
-                query[:split], key[:split], value[:split], attn_mask=mask_u, scale=attn.scale))
+        if split:  # 4-D (batch, heads, tokens, dim): with 3-D inputs SDPA falls back to its slow math kernel
+            h = attn.heads
+            mask_u = attention_mask[:split].unflatten(0, (-1, h)) if attention_mask is not None else None
+            out_u = F.scaled_dot_product_attention(
+                query[:split].unflatten(0, (-1, h)), key[:split].unflatten(0, (-1, h)),
+                value[:split].unflatten(0, (-1, h)), attn_mask=mask_u, scale=attn.scale)
+            parts.append(out_u.flatten(0, 1))
         mask_c = attention_mask[split:] if attention_mask is not None else None
         attention_probs = attn.get_attention_scores(query[split:], key[split:], mask_c)
         self.store.add(self.name, attention_probs.detach(), attn.heads)

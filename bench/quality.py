@@ -40,10 +40,11 @@ ORACLE_MAX_DISTANCE = 100.0  # RGB Euclidean distance to the prompted colour (sh
 
 MaskFn = Callable[..., dict[str, np.ndarray]]  # (maps, classes, cache) → {class: H×W bool}
 
-# The SeeDiff config the report headlines and tests/test_quality.py checks, chosen on the dev-split sweep for
-# builtin:shapes at 3c67b24: seeds from 8² (level 1, the most word-specific level) instead of the reference 4²
-# (level 2 on this 16²-latent model); everything else at the reference defaults.
-BENCH_CONFIG = SeeDiffConfig(seed_levels=(1,))
+# The SeeDiff config the report headlines and tests/test_quality.py checks (= builtin:shapes' seediff.json), chosen
+# on the dev split: seeds from 8² (level 1, the most word-specific level at 3c67b24) instead of the reference 4²
+# (level 2 on this 16²-latent model); PAMR threshold 0.6 instead of 0.8 since the third training stage (dev 120+120:
+# 1-object 0.983 -> 1.000, 2-object 0.896 -> 0.902); everything else at the reference defaults.
+BENCH_CONFIG = SeeDiffConfig(seed_levels=(1,), pamr_threshold=0.6)
 # The paper's SeeDiff, reported as its own row: the package default differs only in ``overlap`` ('attention':
 # contested pixels go to the word with the strongest cross-attention there; the reference takes the argmax).
 REFERENCE_CONFIG = SeeDiffConfig(overlap="argmax")

@@ -60,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--text-layers", type=int, default=0)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--p-colour", type=float, default=0.5)
+    p.add_argument("--p-two", type=float, default=0.5, help="share of 2-object scenes in the UNet stage's pool")
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--ema", type=float, default=0.998)
@@ -73,9 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def scene_batch(seeds, size: int) -> tuple[torch.Tensor, list]:
-    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes."""
-    cfg = SceneConfig(size=size)
+def scene_batch(seeds, size: int, p_two: float = 0.5) -> tuple[torch.Tensor, list]:
+    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes (two objects with probability ``p_two``)."""
+    cfg = SceneConfig(size=size, p_two=p_two)
     scenes = [make_scene(int(s), cfg) for s in seeds]
     x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, scenes
@@ -180,7 +181,7 @@ def encode_pool(vae, args, log) -> tuple[torch.Tensor, torch.Tensor, list]:
     means, stds, meta = [], [], []
     seeds = TRAIN_SEED_OFFSET + np.arange(args.pool)
     for i in range(0, args.pool, 256):
-        x, scenes = scene_batch(seeds[i : i + 256], args.size)
+        x, scenes = scene_batch(seeds[i : i + 256], args.size, args.p_two)
         post = vae.encode(x).latent_dist
         means.append(post.mean)
         stds.append(post.std)
@@ -435,7 +436,7 @@ Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads
 Total wall time: {total_seconds / 60:.1f} min.
 
 ## Recipe
-- Data: fresh scenes (seeds ≥ {TRAIN_SEED_OFFSET}); UNet stage on a pool of {args.pool} scenes, captions re-drawn
+- Data: fresh scenes (seeds ≥ {TRAIN_SEED_OFFSET}); UNet stage on a pool of {args.pool} scenes ({args.p_two:.0%} with two objects), captions re-drawn
   each use: colours named with p={args.p_colour}, random object order, "a photo of" / background sometimes; {args.p_uncond:.0%} empty
   captions (classifier-free guidance).
 - VAE: AutoencoderKL (32, 64) channels, 1 layer per block, 4 latent channels, factor 2 (32² → 16²×4);

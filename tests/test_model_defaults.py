@@ -1,5 +1,5 @@
 """A model folder may ship ``seediff.json``: the mask-method settings measured best for that model, used
-whenever a caller (backend, CLI, API) passes no config. builtin:shapes ships seed_levels=(1,)."""
+whenever a caller (backend, CLI, API) passes no config. builtin:shapes ships seed_levels=(1,) and pamr_threshold=0.6."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from seediff.segment import DiffuMaskConfig, SeeDiffConfig, default_config
 
 
 def test_builtin_shapes_ships_its_measured_seed_level():
-    assert method_defaults(BUILTIN_MODELS["builtin:shapes"]) == {"seediff": {"seed_levels": [1]}}
+    assert method_defaults(BUILTIN_MODELS["builtin:shapes"]) == {"seediff": {"seed_levels": [1], "pamr_threshold": 0.6}}
 
 
 def test_defaults_apply_only_to_their_method_and_lists_become_tuples():

@@ -219,8 +219,9 @@ def test_proposals_cover_their_objects(ls_client, predicted, e2e_model):
 
     The backend prompts every label of the config ("a photo of a circle and a square"), so on a one-object
     image the absent class also claims pixels (docs/QUALITY.md, "every label-config class in the prompt").
-    Measured on builtin:shapes: IoU 0.946 / 0.942 on the two-object image; 0.58 and 0.51 on the one-object
-    images, where the object's own label still holds most (0.60 / 0.55) of the labelled object pixels.
+    Measured on builtin:shapes (third training stage): IoU 0.946 / 0.926 on the two-object image; 0.64 and 0.49 on
+    the one-object images, where the object's own label still holds most (0.67 / 0.53) of the labelled object
+    pixels (the previous model: 0.946 / 0.942, 0.58 / 0.51, 0.60 / 0.55).
     """
     if e2e_model != "builtin:shapes":
         pytest.skip(f"proposal quality is only meaningful on the bundled model, not {e2e_model}")
@@ -245,7 +246,7 @@ def test_proposals_cover_their_objects(ls_client, predicted, e2e_model):
     for key, iou in ious.items():
         two_objects = key.endswith(("both.png:circle", "both.png:square"))
         assert iou >= (0.85 if two_objects else 0.4), (key, ious)
-        if two_objects:  # measured 1.0 each; one-object images 0.60 / 0.55 (the absent class's share)
+        if two_objects:  # measured 1.0 each; one-object images 0.67 / 0.53 (the absent class's share)
             assert own_share[key] >= 0.9, (key, own_share)
 
 def test_predictions_pushed_through_the_api_are_stored(ls_client, preannotate_target):

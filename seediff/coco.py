@@ -24,7 +24,8 @@ import numpy as np
 
 from .convert import _check_polygons, _segmentation_rle, _to_rle, area_bbox, encode_segmentation
 
-__all__ = ["to_coco", "merge_coco", "coco_results", "validate_coco", "read_coco", "write_coco", "write_json"]
+__all__ = ["to_coco", "merge_coco", "coco_results", "validate_coco", "read_coco", "write_coco", "write_json",
+           "write_bytes_atomic"]
 
 INFO = {"description": "written by seediff"}
 
@@ -302,17 +303,16 @@ def validate_coco(dataset: Mapping[str, Any]) -> None:
             _fail(where, f"segmentation: {exc}")
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file in the same folder, fsync, ``os.replace``) with sorted keys.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes through a temporary file in the same folder, fsync, ``os.replace``, fsync the folder.
 
-    Readers never see a partial file; identical objects give identical bytes; NaN/Infinity are refused.
+    Readers never see a partial file: it is the whole new file or the old one; the temporary is removed on failure.
     """
     path = Path(path)
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(text.encode("utf-8"))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -327,6 +327,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (:func:`write_bytes_atomic`) with sorted keys.
+
+    Readers never see a partial file; identical objects give identical bytes; NaN/Infinity are refused.
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_coco(path: str | os.PathLike, dataset: Mapping[str, Any]) -> None:

@@ -19,14 +19,13 @@ import io
 import json
 import os
 import re
-import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..coco import write_json
+from ..coco import write_bytes_atomic, write_json
 
 __all__ = ["JobStore", "JobMismatchError", "OutputError", "writing", "atomic_write_bytes", "png_bytes", "check_item_id",
            "slug", "read_json"]
@@ -85,20 +84,11 @@ def slug(text: str) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes through a temporary file in the same folder, fsync, ``os.replace`` (whole file or none)."""
+    """:func:`seediff.coco.write_bytes_atomic` (whole file or none), making the folder; failures as OutputError."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, data)
 
 
 def png_bytes(image: Any) -> bytes:

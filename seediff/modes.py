@@ -94,6 +94,12 @@ def _as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
 
 
 @torch.no_grad()
+def input_size(pipe, hw: tuple[int, int], resolution: int | None = None) -> tuple[int, int]:
+    """The size a photo of ``hw`` is fed to the model at: its aspect, area ≈ ``resolution``² (default: native)."""
+    native = resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return photo_size(hw, native, _size_multiple(pipe))
+
+
 def _encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
     H, W = size
@@ -178,8 +184,7 @@ def read_photo(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     rgb = _as_rgb(image)
-    native = resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    size = photo_size((rgb.height, rgb.width), native, _size_multiple(pipe))
+    size = input_size(pipe, (rgb.height, rgb.width), resolution)
     latents = _encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)

@@ -161,7 +161,8 @@ class SeeDiffPredictor:
             return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
         scores = self.presence(words)
         seeded = {c for seeds in (points, boxes) if isinstance(seeds, dict) for c, v in seeds.items() if v}
-        kept = [c for c in words if c in present_classes(scores, self.presence_threshold) or c in seeded]
+        present = set(present_classes(scores, self.presence_threshold))
+        kept = [c for c in words if c in present or c in seeded]
         out = segment(maps, kept, method=method, config=config, points=_only(points, kept), boxes=_only(boxes, kept),
                       cache=cache)
         return _with_empty(out, words, {c: f"absent by the presence test (score {scores[c]:.4g})"

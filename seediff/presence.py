@@ -48,7 +48,7 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     One batched UNet call of 2K+1 prompts per (timestep, noise draw); the noise is fixed by ``seed`` and shared
     by every prompt, so the error differences compare prompts, not noise.
     """
-    from .modes import _as_rgb, _encode_photo, _size_multiple, check_prompt, photo_size
+    from .modes import _as_rgb, _embed, _encode_photo, check_prompt, input_size
     from .segment import _check_classes
 
     words = _check_classes(classes)
@@ -61,9 +61,8 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
         return {words[0]: 0.0}
     prompts = check_prompt(pipe.tokenizer, presence_prompts(words, prompt_template))
     rgb = _as_rgb(image)
-    native = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    latents = _encode_photo(pipe, rgb, photo_size((rgb.height, rgb.width), native, _size_multiple(pipe)))
-    emb, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
+    latents = _encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width)))
+    emb = _embed(pipe, prompts)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     draws = [torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
              for _ in range(noises)]

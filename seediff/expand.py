@@ -71,10 +71,10 @@ def expand(
 
 def gate(prob: torch.Tensor, similarity: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """SeeDiff's background gate: norm((1 − norm(V)) ⊙ norm(P)) — pixels like the background lose weight."""
-    return rescale((1.0 - minmax(similarity, eps)) * rescale(prob, eps), eps)
+    return gate_rows(prob[None], similarity[None], eps)[0]
 
 
 def gate_rows(prob: torch.Tensor, similarity: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """:func:`gate` of each pair ``prob[k]``, ``similarity[k]`` of ``[K, ...]`` maps at once (same values)."""
+    """:func:`gate` of each pair ``prob[k]``, ``similarity[k]`` of ``[K, ...]`` maps at once."""
     dims = tuple(range(1, prob.ndim))
     return rescale((1.0 - minmax(similarity, eps, dims)) * rescale(prob, eps, dims), eps, dims)

@@ -27,7 +27,8 @@ from .seeds import (
 )
 
 __all__ = [
-    "SeeDiffConfig", "segment", "default_config", "METHODS", "CONFIGS", "output_hw", "working_hw", "as_fp32", "seediff_probs", "seed_map",
+    "SeeDiffConfig", "segment", "default_config", "METHODS", "CONFIGS", "output_hw", "working_hw", "model_side",
+    "as_fp32", "seediff_probs", "seed_map",
 ]
 
 _UPSAMPLE = ("bicubic", "bilinear")
@@ -59,7 +60,7 @@ class SeeDiffConfig:
     upsample: interpolation between levels and to the working size (reference: bicubic).
     overlap: a pixel several classes' final maps claim goes to the class whose seed map (its cross-attention) is
         highest there ('attention', default; requests without user points/boxes) or to the highest final map
-        ('argmax', the reference). builtin:shapes 2-object photo mIoU 0.70 → 0.77 (docs/QUALITY.md).
+        ('argmax', the reference). Previous builtin:shapes, 2-object photo mIoU 0.70 → 0.77 (docs/QUALITY.md).
     """
 
     seed_levels: tuple[int, ...] = (2,)
@@ -304,7 +305,7 @@ def seediff_probs(
             add_background=add_bg, keep_foreground=keep_fg, mode=cfg.upsample, eps=cfg.flat_eps,
         )
     final = rescale(_resize(prev, hw, cfg.upsample), cfg.flat_eps, dims=(1, 2)).cpu()
-    if cfg.overlap == "attention" and len(live) > 1 and all(prompts.get(w, UserPrompt()).empty for w in live):
+    if cfg.overlap == "attention" and len(live) > 1 and not user:
         claimed = (final > cfg.threshold).flatten(1).any(1)
         evidence = _resize(torch.stack(smaps), hw, cfg.upsample).cpu()  # each word's cross-attention
         final = resolve_overlaps(final, evidence, [cfg.threshold] * len(live))
@@ -364,8 +365,7 @@ def default_config(method: str, maps: AttentionMaps) -> object:
     ships in ``seediff.json`` (carried in ``maps.meta['method_defaults']`` by ``generate``/``read_photo``)."""
     cls = CONFIGS[method]
     overrides = dict((maps.meta.get("method_defaults") or {}).get(method, {}))
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - set(names))
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"the model's seediff.json sets unknown {cls.__name__} fields {unknown}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .capture import upsample
 from .expand import gate_rows, summed_cosine
-from .seeds import otsu_thresholds, rescale
+from .seeds import flat_rows, otsu_thresholds, rescale
 
 __all__ = ["background_seeds", "background_consistency", "pamr_affinity", "pamr", "image_tensor"]
 
@@ -35,14 +35,6 @@ def _background_seeds(probs: torch.Tensor, power: float) -> torch.Tensor:
     """:func:`background_seeds` of each of ``K`` maps ``[K, h, w]`` at once (one batched Otsu)."""
     p = probs.clamp_min(0) ** power
     return p <= otsu_thresholds(p).reshape(-1, *[1] * (p.ndim - 1))
-
-
-def _flat_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Bool ``[K]``: :func:`seediff.seeds.is_flat` of each map ``x[k]`` (``[K, ...]``)."""
-    t = x.reshape(x.shape[0], -1)
-    lo, hi = t.amin(1), t.amax(1)
-    scale = torch.maximum(hi.abs(), lo.abs())
-    return ((hi - lo) <= eps * scale) | (scale == 0)
 
 
 def background_consistency(
@@ -71,7 +63,7 @@ def background_consistency(
     p = upsample(prev, (h, w), mode) if prev.shape[-2:] != (h, w) else prev.float()
     p = rescale(p, eps, dims=(1, 2))
     # a flat map (nothing, or everything) has no background to learn from: only the user's cells seed it
-    seeds = _background_seeds(p, power) & ~_flat_rows(p, eps)[:, None, None]
+    seeds = _background_seeds(p, power) & ~flat_rows(p, eps)[:, None, None]
     if add_background is not None:
         seeds |= add_background.to(seeds.device)
     if keep_foreground is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "minmax", "rescale", "is_flat", "otsu_threshold", "otsu_thresholds", "aggregate_layers", "otsu_seeds",
+    "minmax", "rescale", "is_flat", "flat_rows", "otsu_threshold", "otsu_thresholds", "aggregate_layers", "otsu_seeds",
     "fixed_seeds", "UserPrompt", "user_prompts", "point_cells", "box_cells", "boxes_mask",
 ]
 
@@ -24,11 +24,15 @@ __all__ = [
 def is_flat(x: torch.Tensor, eps: float = 1e-4) -> bool:
     """Whether a map carries no location: its range is at most ``eps`` × its largest magnitude (or it is empty)."""
     t = x.float()
-    if t.numel() == 0:
-        return True
-    lo, hi = t.min(), t.max()
+    return t.numel() == 0 or bool(flat_rows(t.reshape(1, -1), eps)[0])
+
+
+def flat_rows(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Bool ``[K]``: :func:`is_flat` of each map ``x[k]`` of ``[K, ...]`` non-empty maps, at once."""
+    t = x.float().reshape(x.shape[0], -1)
+    lo, hi = t.amin(1), t.amax(1)
     scale = torch.maximum(hi.abs(), lo.abs())
-    return bool((hi - lo) <= eps * scale) or bool(scale == 0)
+    return ((hi - lo) <= eps * scale) | (scale == 0)
 
 
 def minmax(x: torch.Tensor, eps: float = 1e-4, dims: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -158,4 +158,12 @@ def method_defaults(folder: Path) -> dict[str, dict]:
         raise ModelLoadError(f"{f} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for k, v in data.items() if k != "about"):
         raise ModelLoadError(f"{f} must map method names to objects of config fields")
-    return {k: v for k, v in data.items() if k != "about"}
+    out = {k: v for k, v in data.items() if k != "about"}
+    from .segment import config_with
+
+    for method, overrides in out.items():  # refuse a bad file at load time, not at the first segment call
+        try:
+            config_with(method, overrides)
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{f}: {e}") from None
+    return out

@@ -27,7 +27,7 @@ from .seeds import (
 )
 
 __all__ = [
-    "SeeDiffConfig", "segment", "default_config", "METHODS", "CONFIGS", "output_hw", "working_hw", "model_side",
+    "SeeDiffConfig", "segment", "default_config", "config_with", "METHODS", "CONFIGS", "output_hw", "working_hw", "model_side",
     "as_fp32", "seediff_probs", "seed_map",
 ]
 
@@ -363,13 +363,18 @@ def _box_pixels(prompt: UserPrompt, image_hw, hw) -> torch.Tensor | None:
 def default_config(method: str, maps: AttentionMaps) -> object:
     """The method's config when none is given: the reference values, with the overrides the model's folder
     ships in ``seediff.json`` (carried in ``maps.meta['method_defaults']`` by ``generate``/``read_photo``)."""
+    return config_with(method, (maps.meta.get("method_defaults") or {}).get(method, {}))
+
+
+def config_with(method: str, overrides: Mapping[str, object]) -> object:
+    """The method's config with ``overrides`` (JSON values: lists become tuples); ValueError names bad fields."""
+    if method not in CONFIGS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(CONFIGS)}")
     cls = CONFIGS[method]
-    overrides = dict((maps.meta.get("method_defaults") or {}).get(method, {}))
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f"the model's seediff.json sets unknown {cls.__name__} fields {unknown}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return cls(**fixed)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def segment(

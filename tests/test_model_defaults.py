@@ -31,6 +31,15 @@ def test_bad_defaults_are_clear_errors(tmp_path):
     (tmp_path / "seediff.json").write_text(json.dumps({"seediff": [1]}))
     with pytest.raises(ModelLoadError, match="must map method names"):
         method_defaults(tmp_path)
+    (tmp_path / "seediff.json").write_text(json.dumps({"seediff": {"seed_level": [1]}}))
+    with pytest.raises(ModelLoadError, match=r"unknown SeeDiffConfig fields \['seed_level'\]"):
+        method_defaults(tmp_path)  # refused when the model loads, not at its first mask
+    (tmp_path / "seediff.json").write_text(json.dumps({"seediff": {"threshold": 2}}))
+    with pytest.raises(ModelLoadError, match="threshold"):
+        method_defaults(tmp_path)
+    (tmp_path / "seediff.json").write_text(json.dumps({"sam": {}}))
+    with pytest.raises(ModelLoadError, match="unknown method 'sam'"):
+        method_defaults(tmp_path)
     maps = AttentionMaps(meta={"method_defaults": {"seediff": {"seed_level": [1]}}})
     with pytest.raises(ValueError, match=r"unknown SeeDiffConfig fields \['seed_level'\]"):
         default_config("seediff", maps)

@@ -318,6 +318,8 @@ def preannotate(
     prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'a circle and a square' (the labels' class words)."),
     mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
+    steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert (the backend's SEEDIFF_STEPS)."),
+    drop_absent: bool = typer.Option(False, "--drop-absent/--keep-absent", help="Presence test: empty masks for classes decided absent (the backend's SEEDIFF_DROP_ABSENT)."),
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
     batch: int = typer.Option(32, "--batch", min=1, help="Predictions posted per request."),
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
@@ -336,7 +338,7 @@ def preannotate(
         url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
-        progress=progress, prompt_template=prompt,
+        progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent,
     )
     typer.echo(summary.describe())
     if summary.failed:

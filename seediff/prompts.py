@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["DEFAULT_TEMPLATE", "check_template", "check_classes", "class_prompt", "check_prompt", "split_vocabulary"]
+__all__ = ["DEFAULT_TEMPLATE", "check_template", "check_classes", "class_prompt", "check_prompt", "token_limit",
+           "split_vocabulary"]
 
 DEFAULT_TEMPLATE = "a photo of {}"
 
@@ -54,7 +55,7 @@ def class_prompt(classes: Sequence[str], template: str = DEFAULT_TEMPLATE) -> st
     return check_template(template).format(" and ".join(f"a {w}" for w in words))
 
 
-def _token_limit(tokenizer) -> int:
+def token_limit(tokenizer) -> int:
     """How many tokens (with start/end) the text encoder takes."""
     return int(getattr(tokenizer, "model_max_length", 77))
 
@@ -64,7 +65,7 @@ def check_prompt(tokenizer, prompt: str | Sequence[str]) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("no prompt given")
-    limit = _token_limit(tokenizer)
+    limit = token_limit(tokenizer)
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt must be a non-empty string, got {p!r}")
@@ -82,7 +83,7 @@ def split_vocabulary(tokenizer, classes: Sequence[str], template: str = DEFAULT_
     order kept); ValueError naming a class whose prompt does not fit even alone."""
     words = check_classes(list(classes))
     template = check_template(template)
-    limit = _token_limit(tokenizer)
+    limit = token_limit(tokenizer)
 
     def fits(group: list[str]) -> bool:
         """Whether the group's prompt fits the text encoder."""

@@ -111,7 +111,7 @@ class SeeDiffModel:
 
     def check_config(self, config: str) -> LabelPlan:
         """The config's label plan; ValueError if it is unsupported or its class words overflow one prompt."""
-        from seediff.prompts import split_vocabulary
+        from seediff.prompts import split_vocabulary, token_limit
 
         plan = label_plan(config)
         if self.loaded is not None:
@@ -120,7 +120,8 @@ class SeeDiffModel:
             except ValueError as exc:
                 groups, detail = None, str(exc)
             if groups is None or len(groups) > 1:
-                detail = f"they need {len(groups)} prompts" if groups else detail
+                limit = token_limit(self.pipe.tokenizer)
+                detail = f"they need {len(groups)} prompts of at most {limit} tokens" if groups else detail
                 raise ValueError(f"{len(plan.classes)} class words do not fit in one prompt ({detail}); use fewer "
                                  "labels or shorter predicted_values")
         return plan

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..coco import INFO, merge_coco, to_coco
+from ..prompts import check_classes as check_words
 from ..prompts import check_template, class_prompt
 from . import render
 from .spec import Item, ItemWorker, JobSpec, derive_seed
@@ -38,15 +39,11 @@ ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength")
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
-    """Class words as given (order kept: it fixes the COCO category ids); ValueError on empty or repeated ones."""
-    out = [str(c).strip() for c in classes]
-    if not out:
+    """Class words as given (order kept: it fixes the COCO category ids): :func:`seediff.prompts.check_classes`,
+    and no two that give the same file name."""
+    if not list(classes):
         raise ValueError("give at least one class (e.g. --classes dog cat)")
-    for c in out:
-        if not c:
-            raise ValueError("class names must not be empty")
-    if len(set(out)) != len(out):
-        raise ValueError(f"classes must be unique, got {out}")
+    out = check_words([str(c) for c in classes])
     slugs = [slug(c) for c in out]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"classes {out} give clashing file names {slugs}; rename one")

@@ -16,7 +16,8 @@ import torch
 from .capture import AttentionMaps, upsample
 from .seeds import is_flat, minmax, otsu_threshold
 
-__all__ = ["DiffuMaskConfig", "DAAMConfig", "check_levels", "check_common", "diffumask_map", "daam_map", "diffumask_probs", "daam_probs"]
+__all__ = ["DiffuMaskConfig", "DAAMConfig", "check_levels", "check_common", "diffumask_map", "daam_map",
+           "diffumask_probs", "daam_probs"]
 
 
 def check_levels(name: str, levels, allow_none: bool = False) -> None:

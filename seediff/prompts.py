@@ -16,7 +16,7 @@ DEFAULT_TEMPLATE = "a photo of {}"
 
 
 def check_template(template: str) -> str:
-    """The template with ``{classes}`` read as ``{}``; ValueError unless it has exactly one ``{}`` and no other braces."""
+    """The template, ``{classes}`` read as ``{}``; ValueError unless it has exactly one ``{}`` and no other braces."""
     if not isinstance(template, str):
         raise ValueError(f"prompt template must be a string, got {type(template).__name__}")
     normal = template.replace("{classes}", "{}")  # "a photo of {classes}" reads better in an env file

@@ -99,8 +99,8 @@ def segment(
     config (default: its reference values; a loaded model's own values: ``ModelDefaults.config(method)``).
     points: per class ``{class: [(x, y, label), ...]}`` in image pixels (label 1 positive, 0 negative; bare
     ``(x, y)`` is positive), or a bare list for a single class. boxes: ``{class: [(x0, y0, x1, y1), ...]}``
-    likewise. Points go to methods that accept them (SeeDiff); boxes cut every method's maps. ``cache``: a dict kept across
-    calls on the same maps (row-normalised attention, PAMR affinities).
+    likewise. Points go to methods that accept them (SeeDiff); boxes cut every method's maps.
+    ``cache``: a dict kept across calls on the same maps (row-normalised attention, PAMR affinities).
     """
     mask_method = get_method(method)
     config = mask_method.config_class() if config is None else config

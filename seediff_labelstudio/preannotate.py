@@ -3,8 +3,8 @@
 What Label Studio's "Retrieve predictions" cannot do for thousands of tasks within its 100 s timeout: page
 through every task with the SDK, skip tasks that already hold a prediction of the current
 ``model_version``, predict each remaining task exactly as the backend does (:mod:`.predict`: same options,
-same seed, same model_version) and post the results as predictions in batches while the job runs. Resumable twice over: tasks already predicted are
-skipped when listing, and results computed but not yet posted are kept per task in the work folder (the
+same seed, same model_version) and post the results as predictions in batches while the job runs.
+Resumable twice over: tasks already predicted are skipped when listing, and results computed but not yet posted are kept per task in the work folder (the
 job engine's records) and posted on the next run without recomputing.
 
 Lives in ``seediff_labelstudio`` so the engine (``seediff``) never imports Label Studio glue; the CLI imports

@@ -110,7 +110,6 @@ class SeeDiffConfig:
         check_common(self)
 
 
-
 def _resize(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
     """Resize ``[K, h, w]`` maps: ``mode`` when enlarging, area averaging when shrinking."""
     if tuple(x.shape[-2:]) == tuple(hw):
@@ -118,7 +117,6 @@ def _resize(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
     shrink = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
     kw = {} if shrink else {"align_corners": False}
     return F.interpolate(x.float()[None], size=tuple(hw), mode="area" if shrink else mode, **kw)[0]
-
 
 
 def _self_hat(maps: AttentionMaps, level: int, batch: int, cache: dict | None) -> torch.Tensor:
@@ -269,7 +267,6 @@ def seediff_probs(
     return probs, thresholds, reasons
 
 
-
 def pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes) -> torch.Tensor:
     """PAMR on the class indicator masks, then the reference decision (min-max normalised > pamr_threshold)."""
     if maps.image is None:
@@ -290,7 +287,6 @@ def pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes)
         if b is not None:
             refined[i] = torch.where(b, refined[i], torch.zeros_like(refined[i]))
     return assign_labels(refined, [cfg.pamr_threshold] * n)
-
 
 
 class SeeDiff(MaskMethod):

@@ -3,12 +3,13 @@
 capture → seeds → expand → refine → masks → polygons/RLE → export. The public API is small:
 ``load_pipeline``, ``trace``/``CaptureConfig``/``AttentionMaps``, ``generate``/``read_photo``, and (from the
 mask stages) ``segment``, ``SeeDiffPredictor``, ``ClassMasks``; formats live in ``seediff.convert``,
-``seediff.coco`` and ``seediff.lsformat``.
+``seediff.coco``, ``seediff.lsformat`` (Label Studio regions) and ``seediff.lsexport`` (exports ↔ COCO).
 """
 
 from __future__ import annotations
 
-from .capture import AttentionMaps, CaptureConfig, trace
+from .attention import AttentionMaps
+from .capture import CaptureConfig, trace
 from .masks import ClassMasks
 from .modes import generate, read_photo
 from .pipeline import ModelLoadError, load_pipeline

@@ -261,7 +261,7 @@ def ls2coco(
     """Label Studio export → COCO; skipped regions are listed as warnings."""
     from .coco import write_coco
     from .jobs.store import writing
-    from .lsformat import ls_to_coco
+    from .lsexport import ls_to_coco
 
     dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
     _warn_issues(issues)
@@ -283,7 +283,7 @@ def coco2ls(
     """COCO → Label Studio tasks with predictions."""
     from .coco import read_coco, write_json
     from .jobs.store import writing
-    from .lsformat import coco_to_ls
+    from .lsexport import coco_to_ls
 
     tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
     if image_prefix:
@@ -348,7 +348,7 @@ def show(
     import numpy as np
 
     from .jobs import render
-    from .jobs.store import atomic_write_bytes, png_bytes
+    from .jobs.store import png_bytes, write_output as atomic_write_bytes
     from .modes import read_photo
     from .pipeline import load_pipeline
     from .segment import segment

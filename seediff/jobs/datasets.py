@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..coco import INFO, merge_coco, to_coco
+from ..convert import resize_mask
 from . import render
 from .spec import Item, ItemWorker, JobSpec, derive_seed
 from .store import png_bytes, slug, writing
@@ -118,7 +119,7 @@ def merge(records: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[
     return merge_coco([rec["coco"] for rec in records])
 
 
-def _quiet_loaders() -> None:
+def quiet_loaders() -> None:
     """No per-component loading bars from diffusers/transformers (the job shows one bar per item)."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
@@ -137,7 +138,7 @@ class _SegmentWorker(ItemWorker):
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(self.params.get("threads") or 1))
-        _quiet_loaders()
+        quiet_loaders()
         self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
                                   dtype=self.params.get("dtype"))
         self.pipe.set_progress_bar_config(disable=True)
@@ -159,7 +160,7 @@ class _SegmentWorker(ItemWorker):
         rgb = np.asarray(image.convert("RGB"))
         h, w = rgb.shape[:2]
         labels = list(masks.labels)
-        arrays = [render._fit(np.asarray(m, bool), (h, w)) for m in np.asarray(masks.masks)]
+        arrays = [resize_mask(np.asarray(m, bool), h, w) for m in np.asarray(masks.masks)]
         files = list(extra_files)
         for label, m in zip(labels, arrays):
             files.append(self.store.write_file(f"masks/{item.id}/{slug(label)}.png", png_bytes(m)))

@@ -348,7 +348,7 @@ def show(
     import numpy as np
 
     from .jobs import render
-    from .jobs.store import png_bytes, write_output as atomic_write_bytes
+    from .jobs.store import png_bytes, write_output
     from .modes import read_photo
     from .pipeline import load_pipeline
     from .segment import segment
@@ -372,7 +372,7 @@ def show(
     tiles = [("masks: " + ", ".join(masks.labels), render.overlay(big, np.asarray(masks.masks, bool), colors))]
     for name in names:
         tiles.append((f"attention: {name}", render.heat_overlay(big, render.class_heat(maps, name, (h, w)))))
-    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
+    write_output(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
     found = ", ".join(f"{lab} {float(s):.2f}" for lab, s in zip(masks.labels, masks.scores)) or "no masks"
     typer.echo(f"wrote {out} ({found})")
 

@@ -63,12 +63,12 @@ class PreannotateWorker(ItemWorker):
     def setup(self) -> None:
         import torch
 
-        from seediff.jobs.datasets import _quiet_loaders
+        from seediff.jobs.datasets import quiet_loaders
         from seediff.pipeline import load_pipeline
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(self.params.get("threads") or 1))
-        _quiet_loaders()
+        quiet_loaders()
         self.plan = LabelPlan(**self.params["plan"])
         self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
                                   dtype=self.params.get("dtype"))

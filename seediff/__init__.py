@@ -4,12 +4,14 @@ capture → seeds → expand → refine → masks → polygons/RLE → export. T
 ``load_model`` (pipeline + the model's ``ModelDefaults``) or ``load_pipeline``, ``trace``/``CaptureConfig``/
 ``AttentionMaps``, ``generate``/``read_photo``, and (from the mask stages) ``segment``, ``SeeDiffPredictor``,
 ``ClassMasks``. Mask methods are plug-ins in ``seediff.methods``; prompts are built in ``seediff.prompts``;
-formats live in ``seediff.convert``, ``seediff.coco`` and ``seediff.lsformat``.
+formats live in ``seediff.convert``, ``seediff.coco``, ``seediff.lsformat`` (Label Studio regions) and
+``seediff.lsexport`` (exports ↔ COCO).
 """
 
 from __future__ import annotations
 
-from .capture import AttentionMaps, CaptureConfig, trace
+from .attention import AttentionMaps
+from .capture import CaptureConfig, trace
 from .masks import ClassMasks
 from .modes import generate, read_photo
 from .defaults import ModelDefaults

@@ -103,14 +103,10 @@ def _classes(values: List[str] | None) -> list[str]:
 
 
 def _template(prompt: str) -> str:
-    """The --prompt template, checked by :func:`seediff.prompts.check_template` ('{classes}' read as '{}')."""
+    """The --prompt template ('{classes}' read as '{}'); ValueError unless :func:`seediff.prompts.check_template`."""
     from .prompts import check_template
 
-    try:
-        return check_template(prompt)
-    except ValueError:
-        raise UserError(f"--prompt must contain '{{}}' (or '{{classes}}') exactly once and no other braces, "
-                        f"got {prompt!r}") from None
+    return check_template(prompt)
 
 
 def _check_method(method: str, mode: str | None = None) -> None:
@@ -272,7 +268,7 @@ def ls2coco(
     """Label Studio export → COCO; skipped regions are listed as warnings."""
     from .coco import write_coco
     from .jobs.store import writing
-    from .lsformat import ls_to_coco
+    from .lsexport import ls_to_coco
 
     dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
     _warn_issues(issues)
@@ -294,7 +290,7 @@ def coco2ls(
     """COCO → Label Studio tasks with predictions."""
     from .coco import read_coco, write_json
     from .jobs.store import writing
-    from .lsformat import coco_to_ls
+    from .lsexport import coco_to_ls
 
     tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
     if image_prefix:
@@ -362,7 +358,7 @@ def show(
     import numpy as np
 
     from .jobs import render
-    from .jobs.store import atomic_write_bytes, png_bytes
+    from .jobs.store import png_bytes, write_output
     from .modes import read_photo
     from .pipeline import load_model
     from .prompts import class_prompt
@@ -385,7 +381,7 @@ def show(
     tiles = [("masks: " + ", ".join(masks.labels), render.overlay(big, np.asarray(masks.masks, bool), colors))]
     for name in names:
         tiles.append((f"attention: {name}", render.heat_overlay(big, render.class_heat(maps, name, (h, w)))))
-    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
+    write_output(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
     found = ", ".join(f"{lab} {float(s):.2f}" for lab, s in zip(masks.labels, masks.scores)) or "no masks"
     typer.echo(f"wrote {out} ({found})")
 

@@ -126,10 +126,16 @@ class SeeDiffModel:
                                  "labels or shorter predicted_values")
         return plan
 
-    def _count(self, **values: float) -> None:
+    def count(self, **values: float) -> None:
+        """Add to the service counters (thread-safe), e.g. ``count(requests=1, request_s=0.2)``."""
         with self._metrics_lock:
             for k, v in values.items():
                 self.metrics[k] += v
+
+    def metrics_snapshot(self) -> dict[str, float]:
+        """A consistent copy of the service counters, for /metrics."""
+        with self._metrics_lock:
+            return dict(self.metrics)
 
     def _hold(self, delta: int) -> None:
         with self._metrics_lock:
@@ -159,22 +165,22 @@ class SeeDiffModel:
             task_id = task.get("id") if isinstance(task, Mapping) else None
             try:
                 out.append(self.predict_task(task, plan, context, api_key, deadline))
-                self._count(tasks=1)
+                self.count(tasks=1)
             except TimeoutError:
                 left = len(tasks) - i
                 log.warning("time budget (SEEDIFF_PREDICT_BUDGET=%gs) spent: %d task(s) from task %s on left without "
                             "a prediction; Label Studio asks for them again next time",
                             self.settings.predict_budget, left, task_id)
-                self._count(tasks=left, tasks_deferred=left)
+                self.count(tasks=left, tasks_deferred=left)
                 out += [self._failed(interactive) for _ in range(left)]
                 break
             except (FetchError, ValueError) as exc:
                 log.warning("task %s: %s", task_id, exc)
-                self._count(tasks=1, task_errors=1)
+                self.count(tasks=1, task_errors=1)
                 out.append(self._failed(interactive))
             except Exception as exc:  # an engine bug on one task must not lose the batch
                 log.exception("task %s: unexpected %s", task_id, type(exc).__name__)
-                self._count(tasks=1, task_errors=1)
+                self.count(tasks=1, task_errors=1)
                 out.append(self._failed(interactive))
         return out
 
@@ -206,7 +212,7 @@ class SeeDiffModel:
                 predictor = self._predictors.pop(key, None)
                 if predictor is None:
                     predictor = read_photo_for(self.loaded, image, classes, options)
-                    self._count(unet_reads=1)
+                    self.count(unet_reads=1)
                 if s.cache_images:
                     self._predictors[key] = predictor
                     while len(self._predictors) > s.cache_images:
@@ -222,5 +228,5 @@ class SeeDiffModel:
             log.info("task %s: %s: %s", task.get("id"), word, reason)
         prediction = task_prediction(plan, masks, size, self.model_version)
         t5 = time.perf_counter()
-        self._count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
+        self.count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
         return prediction

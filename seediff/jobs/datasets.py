@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..coco import INFO, merge_coco, to_coco
+from ..convert import resize_mask
 from ..prompts import check_classes as check_words
 from ..prompts import check_template, class_prompt
 from . import render
@@ -151,7 +152,7 @@ class _SegmentWorker(ItemWorker):
         rgb = np.asarray(image.convert("RGB"))
         h, w = rgb.shape[:2]
         labels = list(masks.labels)
-        arrays = [render._fit(np.asarray(m, bool), (h, w)) for m in np.asarray(masks.masks)]
+        arrays = [resize_mask(np.asarray(m, bool), h, w) for m in np.asarray(masks.masks)]
         files = list(extra_files)
         for label, m in zip(labels, arrays):
             files.append(self.store.write_file(f"masks/{item.id}/{slug(label)}.png", png_bytes(m)))

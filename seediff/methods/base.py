@@ -7,6 +7,7 @@ reasons classes came out empty), says what user input it takes, and may refine t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar, Mapping
 
 import torch
@@ -19,7 +20,7 @@ __all__ = ["MaskMethod", "Probs"]
 Probs = tuple[torch.Tensor, list[float], dict[str, str]]
 
 
-class MaskMethod:
+class MaskMethod(ABC):
     """A mask method. Subclasses set the class attributes and implement :meth:`probs`.
 
     name: the registry name ('seediff'). config_class: its frozen config dataclass (reference defaults).
@@ -31,11 +32,11 @@ class MaskMethod:
     config_class: ClassVar[type] = object
     accepts_points: ClassVar[bool] = False
 
+    @abstractmethod
     def probs(self, maps: AttentionMaps, classes: list[str], config, hw: tuple[int, int], *, batch: int = 0,
               prompts: Mapping[str, UserPrompt] | None = None, image_hw: tuple[int, int] | None = None,
               cache: dict | None = None) -> Probs:
         """Per-class maps ``[N, H, W]`` at ``hw`` in [0, 1], their thresholds, and reasons for empty classes."""
-        raise NotImplementedError
 
     def clips_to_boxes(self, config) -> bool:
         """Whether a class's map is cut to its user boxes (default: always)."""

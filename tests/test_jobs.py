@@ -51,7 +51,7 @@ def test_plan_synthesize_ids_order_and_prompts():
 
 @pytest.mark.parametrize("classes, per_class, prompt, message", [
     ([], 1, "a {}", "at least one class"),
-    (["dog", "dog"], 1, "a {}", "unique"),
+    (["dog", "dog"], 1, "a {}", "duplicate class words"),
     (["a b", "a_b"], 1, "a {}", "clashing file names"),
     (["dog"], 0, "a {}", "per_class must be >= 1"),
     (["dog"], 1, "a photo", "exactly once"),

@@ -9,8 +9,9 @@ Presence (per class c of a prompt that names every class of the label set):
   relative to the error with every class, (err(prompt without c) − err(prompt)) / err(prompt), at the read's
   own timestep and noise (one batched UNet call of K + 1 prompt rows; a class that is in the photo explains
   part of it, after Li et al. 2023's diffusion classifier).
-A logistic model over these three numbers (fitted on a dev split, per model: ``presence.json`` in the model
-folder) gives P(present); a class is kept when it clears the model's threshold or scores best in its image.
+A logistic model over these three numbers (fitted on a dev split, per model: the ``presence`` section of the
+model folder's ``seediff.json``) gives P(present); a class is kept when it clears the model's threshold or
+scores best in its image.
 
 Region quality: a second logistic model estimates each proposed region's IoU with the truth from the class's
 presence logit, the share of the word's cross-attention that falls inside the region, the region's area and
@@ -19,9 +20,7 @@ the number of classes kept — so the score Label Studio shows can sort tasks wo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -29,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "LogisticModel", "PresenceModel", "PRESENCE_FILE", "PRESENCE_FEATURES", "REGION_FEATURES",
-    "attention_evidence", "loo_prompts", "loo_gains", "presence_rows", "decide", "region_rows",
-    "load_presence_model", "fit_logistic",
+    "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
+    "attention_evidence", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide", "region_rows",
+    "fit_logistic",
 ]
 
-PRESENCE_FILE = "presence.json"
+FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)
 PRESENCE_FEATURES = ("log_attention_mass", "log_attention_peak", "loo_gain")
 REGION_FEATURES = ("presence_logit", "attention_inside", "area", "log_classes_kept")
 _TINY = 1e-6
@@ -88,7 +87,7 @@ class LogisticModel:
 
 @dataclass(frozen=True)
 class PresenceModel:
-    """A model's presence decision and region-quality estimate (``presence.json`` in its folder).
+    """A model's presence decision and region-quality estimate (``seediff.json``'s ``presence`` section).
 
     level: cross-attention level the attention evidence is read at. threshold: P(present) above which a class
     is kept. keep_best: with two or more classes, the best-scoring one is always kept (a photo shows at least
@@ -124,17 +123,6 @@ class PresenceModel:
                    str(data.get("about", "")))
 
 
-def load_presence_model(folder: str | Path) -> PresenceModel | None:
-    """The model folder's ``presence.json`` (None if it has none); ValueError naming the file if it is bad."""
-    f = Path(folder) / PRESENCE_FILE
-    if not f.is_file():
-        return None
-    try:
-        return PresenceModel.from_dict(json.loads(f.read_text("utf-8")))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{f}: {e}") from None
-
-
 # ---- features -----------------------------------------------------------------------------------------------
 
 
@@ -164,6 +152,28 @@ def loo_prompts(words: Sequence[str], template: str = "a photo of {}") -> list[s
     return [class_prompt(words, template), *(class_prompt(r, template) if r else "" for r in rest)]
 
 
+@torch.no_grad()
+def loo_errors(pipe, image, prompts: Sequence[str], t: int = 100, seed: int = 0, resolution: int | None = None
+               ) -> np.ndarray:
+    """``[len(prompts)]`` squared noise-prediction errors of the photo noised at ``t`` with the read's own noise
+    (``seed``, drawn as ``read_photo`` draws it), one batched UNet call with a row per prompt ('' allowed)."""
+    from .modes import as_rgb, embed_prompts, encode_photo, input_size
+
+    n_train = int(pipe.scheduler.config.num_train_timesteps)
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_train:
+        raise ValueError(f"t must be an int in [0, {n_train}), got {t!r}")
+    if not prompts or any(not isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    rgb = as_rgb(image)
+    latents = encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width), resolution))
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    ts = torch.tensor([t], device=latents.device)
+    x = pipe.scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
+    eps = pipe.unet(x, ts, encoder_hidden_states=embed_prompts(pipe, list(prompts))).sample
+    return ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
+
+
 def loo_gains(errors: Sequence[float]) -> np.ndarray:
     """``[K]`` relative error gains from the K + 1 errors of :func:`loo_prompts`' rows."""
     e = np.asarray(errors, dtype=np.float64)
@@ -178,6 +188,16 @@ def presence_rows(evidence: np.ndarray, gains: np.ndarray) -> np.ndarray:
     if ev.shape != (len(g), 2):
         raise ValueError(f"evidence must be [K, 2] for K = {len(g)} gains, got {ev.shape}")
     return np.concatenate([ev, g], axis=1)
+
+
+def presence_logits(model: PresenceModel | None, maps, words: Sequence[str], gains: np.ndarray,
+                    batch: int = 0) -> np.ndarray:
+    """``[K]`` presence logits: the model's logistic over :func:`presence_rows`; without a fitted model the
+    model-agnostic rule ``loo_gain / FALLBACK_GAIN_SCALE`` (positive when naming the class lowers the error)."""
+    g = np.asarray(gains, dtype=np.float64)
+    if model is None:
+        return g / FALLBACK_GAIN_SCALE
+    return model.presence.logit(presence_rows(attention_evidence(maps, words, model.level, batch), g))
 
 
 def decide(words: Sequence[str], probs: Sequence[float], threshold: float, keep_best: bool = True,

@@ -136,7 +136,7 @@ def generate(
 def read_photo(
     pipe,
     image: Image.Image | np.ndarray | str,
-    prompt: str,
+    prompt: str | Sequence[str],
     *,
     mode: str = "noise",
     t: int = 100,
@@ -150,15 +150,14 @@ def read_photo(
 
     ``mode``: 'noise' (one UNet pass at timestep ``t``), 'denoise' or 'invert' (``steps`` DDIM steps from
     ``strength``·T to 0). ``resolution``: the side of the square whose area the photo is resized to
-    (default: the model's native size).
+    (default: the model's native size). Several prompts read the same photo with the same noise in one
+    batched UNet call per step (maps batch i ↔ prompt i, each with the photo: :meth:`Traced.maps_for`).
     """
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
     if mode not in PHOTO_MODES:
         raise ValueError(f"mode must be one of {PHOTO_MODES}, got {mode!r}")
     prompts = check_prompt(pipe.tokenizer, prompt)
-    if len(prompts) != 1:
-        raise ValueError("read_photo takes one prompt for one photo")
     n_train = int(pipe.scheduler.config.num_train_timesteps)
     if not 0 <= t < n_train:
         raise ValueError(f"t must be in [0, {n_train}), got {t}")
@@ -171,6 +170,7 @@ def read_photo(
     latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    latents, noise = (v.expand(len(prompts), -1, -1, -1) for v in (latents, noise))
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     capture = dataclasses.replace(capture or CaptureConfig(), t_window=(0.0, 1.0))
 
@@ -203,7 +203,7 @@ def read_photo(
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)
-    return Traced([rgb], maps)
+    return Traced([rgb] * len(prompts), maps)
 
 
 def _invert(pipe, inverse, latents: torch.Tensor, emb: torch.Tensor, run: list[torch.Tensor]) -> torch.Tensor:

@@ -81,8 +81,8 @@ def test_set_image_without_prompt_reads_once_per_class_list(predictor, monkeypat
     monkeypatch.setattr(seediff.modes, "read_photo", counting)
     predictor.set_image(Image.fromarray(_photo(32, 32)), mode="noise", t=200)
     assert predictor.maps is None and calls == []
-    r1 = predictor.predict(["dog", "cat"])
-    r2 = predictor.predict(["dog", "cat"], method="diffumask")
+    r1 = predictor.predict(["dog", "cat"], presence=False)  # every class segmented (the random model's
+    r2 = predictor.predict(["dog", "cat"], method="diffumask", presence=False)  # presence is noise)
     predictor.predict(["car"])
     assert calls == ["a photo of a dog and a cat", "a photo of a car"]
     assert r1.masks.shape == r2.masks.shape == (2, 32, 32)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from seediff.evidence import (PRESENCE_FEATURES, REGION_FEATURES, LogisticModel, PresenceModel, attention_evidence,
-                              decide, fit_logistic, loo_errors, loo_gains, loo_prompts, presence_rows, region_rows)
+                              decide, fit_logistic, loo_gains, loo_prompts, presence_rows, region_rows)
 from seediff.testing.shapes import SHAPES
 
 MARK_BEGIN, MARK_END = "<!-- presence: bench/presence.py -->", "<!-- /presence -->"
@@ -56,8 +56,10 @@ def capture(model, scenes, *, dc: bool) -> list[Rec]:
     words = list(SHAPES)
     out = []
     for s in scenes:
-        maps = seediff.read_photo(model.pipe, s.image, class_prompt(words), mode="noise", t=100).maps_for(0)
-        gains = loo_gains(loo_errors(model.pipe, s.image, loo_prompts(words), t=100, seed=0))
+        # the product's read: the every-class prompt and its leave-one-out rows in one batched UNet call
+        traced = seediff.read_photo(model.pipe, s.image, loo_prompts(words), mode="noise", t=100)
+        maps = traced.maps_for(0)
+        gains = loo_gains(traced.maps.meta["noise_errors"])
         scores = presence_scores(model.pipe, s.image, words) if dc else None
         out.append(Rec(maps, {w: s.class_mask(w) for w in words}, attention_evidence(maps, words, LEVEL), gains, scores))
     return out

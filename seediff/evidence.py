@@ -141,15 +141,16 @@ def attention_evidence(maps, words: Sequence[str], level: int, batch: int = 0) -
 
 
 def loo_prompts(words: Sequence[str], template: str = "a photo of {}") -> list[str]:
-    """The K + 1 prompts of the leave-one-out gain: every class, then every class but each one ('' when none is
-    left: the unconditional prompt)."""
+    """The K + 1 prompts of the leave-one-out gain: every class, then every class but each one (when none is
+    left: the template without classes, 'a photo of'; 'a photo' for a bare '{}' template)."""
     from .predictor import class_prompt
 
     words = list(words)
     if not words:
         raise ValueError("no classes")
     rest = [[o for o in words if o != c] for c in words]
-    return [class_prompt(words, template), *(class_prompt(r, template) if r else "" for r in rest)]
+    empty = template.format("").strip() or "a photo"
+    return [class_prompt(words, template), *(class_prompt(r, template) if r else empty for r in rest)]
 
 
 @torch.no_grad()

@@ -151,7 +151,9 @@ def read_photo(
     ``mode``: 'noise' (one UNet pass at timestep ``t``), 'denoise' or 'invert' (``steps`` DDIM steps from
     ``strength``·T to 0). ``resolution``: the side of the square whose area the photo is resized to
     (default: the model's native size). Several prompts read the same photo with the same noise in one
-    batched UNet call per step (maps batch i ↔ prompt i, each with the photo: :meth:`Traced.maps_for`).
+    batched UNet call per step (maps batch i ↔ prompt i, each with the photo: :meth:`Traced.maps_for`). In noise
+    mode ``maps.meta['noise_errors']`` holds each prompt's squared noise-prediction error (the presence evidence
+    of :mod:`seediff.evidence`).
     """
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
@@ -189,7 +191,8 @@ def read_photo(
         emb = embed_prompts(pipe, prompts)
         if mode == "noise":
             ts = torch.tensor([t], device=latents.device)
-            pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb)
+            eps = pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb).sample
+            errors = ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().tolist()
             timesteps = [t]
         else:
             x = start
@@ -198,6 +201,7 @@ def read_photo(
                 x = scheduler.step(eps, s, x).prev_sample
             timesteps = [int(s) for s in run]
     maps.meta["final_latents"] = x if mode != "noise" else None
+    maps.meta["noise_errors"] = errors if mode == "noise" else None
     maps.mode = mode
     maps.image = np.asarray(rgb)
     maps.original_hw = (rgb.height, rgb.width)

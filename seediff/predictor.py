@@ -51,10 +51,14 @@ def _merge(parts: list[ClassMasks]) -> ClassMasks:
     masks = np.concatenate([p.masks for p in parts]).copy()
     scores = np.concatenate([np.asarray(p.scores, np.float32) for p in parts])
     taken = np.zeros(masks.shape[1:], dtype=bool)
+    reasons = {k: v for p in parts for k, v in p.reasons.items()}
     for i in np.argsort(-scores, kind="stable"):
+        had = bool(masks[i].any())
         masks[i] &= ~taken
         taken |= masks[i]
-    reasons = {k: v for p in parts for k, v in p.reasons.items()}
+        if had and not masks[i].any():
+            reasons[labels[i]] = f"{labels[i]!r} lost every pixel to higher-scoring regions of other prompts"
+            scores[i] = 0.0
     return dataclasses.replace(parts[0], labels=labels, masks=masks, scores=scores, reasons=reasons,
                                notes=[n for p in parts for n in p.notes])
 
@@ -94,6 +98,7 @@ class SeeDiffPredictor:
         self._cache: dict = {}
         self._presence: dict[tuple[str, ...], dict[str, float]] = {}
         self._logits: dict[tuple[str, ...], dict[str, float]] = {}
+        self._loo: dict[tuple[str, ...], list[float]] = {}  # class group → noise errors of its loo_prompts rows
 
     def generate(self, prompt: str, seed: int = 0, **kwargs) -> Image.Image:
         """Generate an image for ``prompt`` (``seediff.modes.generate`` kwargs: steps, guidance, height, width…)
@@ -104,20 +109,28 @@ class SeeDiffPredictor:
         self._maps = traced.maps_for(0)
         return self._image
 
-    def set_image(self, photo, prompt: str | None = None, **kwargs) -> None:
+    def set_image(self, photo, prompt: str | None = None, classes: Sequence[str] | None = None, **kwargs) -> None:
         """Read an existing photo (PIL image, HxWx3 uint8 array or path) for later queries.
 
         With ``prompt`` the photo is read now, once (``seediff.modes.read_photo`` kwargs: mode, t, steps…);
         class words must then be words of that prompt. Without it, each ``predict`` reads the photo with a
-        prompt made from its classes (once per distinct class list).
+        prompt made from its classes (once per distinct class list). ``classes``: the classes ``predict`` will
+        be asked for, when ``prompt`` is their :func:`~seediff.prompts.class_prompt`: the presence test's
+        leave-one-out rows then ride in the read's own UNet call.
         """
         self.reset_image()
         self._photo = modes.as_rgb(photo)
         self._image = self._photo
         self._photo_kwargs = dict(kwargs)
         if prompt is not None:
-            traced = modes.read_photo(self.pipe, self._photo, prompt, capture=self.capture, **kwargs)
-            self._maps = traced.maps
+            words = check_classes(classes) if classes is not None else []
+            rows = loo_prompts(words, self.prompt_template) if words else []
+            extra = rows[1:] if rows and rows[0] == prompt and kwargs.get("mode", "noise") == "noise" else []
+            traced = modes.read_photo(self.pipe, self._photo, [prompt, *extra] if extra else prompt,
+                                      capture=self.capture, **kwargs)
+            self._maps = traced.maps_for(0) if extra else traced.maps
+            if extra:
+                self._loo[tuple(words)] = list(traced.maps.meta["noise_errors"])
 
     @property
     def is_image_set(self) -> bool:
@@ -147,15 +160,24 @@ class SeeDiffPredictor:
         self._read([classes])
         return self._by_prompt[class_prompt(classes, self.prompt_template)]
 
-    def _read(self, groups: Sequence[Sequence[str]]) -> None:
-        """Read the photo for every group's prompt not read yet, all in one batched UNet call."""
-        prompts = [p for p in dict.fromkeys(class_prompt(g, self.prompt_template) for g in groups)
-                   if p not in self._by_prompt]
-        if prompts:
-            traced = modes.read_photo(self.pipe, self._photo, prompts if len(prompts) > 1 else prompts[0],
-                                      capture=self.capture, **self._photo_kwargs)
-            for i, p in enumerate(prompts):
-                self._by_prompt[p] = (traced.maps_for(i) if len(prompts) > 1 else traced.maps, {})
+    def _read(self, groups: Sequence[Sequence[str]], loo: bool = False) -> None:
+        """Read the photo for every group's prompt not read yet, all in one batched UNet call (with ``loo`` and
+        noise mode, each group's leave-one-out rows too, their errors kept for the presence test)."""
+        todo = [list(g) for g in groups if class_prompt(g, self.prompt_template) not in self._by_prompt]
+        if not todo:
+            return
+        prompts = [class_prompt(g, self.prompt_template) for g in todo]
+        loo = loo and self._photo_kwargs.get("mode", "noise") == "noise"
+        extras = [loo_prompts(g, self.prompt_template)[1:] if loo else [] for g in todo]
+        rows = prompts + [q for e in extras for q in e]
+        traced = modes.read_photo(self.pipe, self._photo, rows if len(rows) > 1 else rows[0], capture=self.capture,
+                                  **self._photo_kwargs)
+        errors, start = traced.maps.meta.get("noise_errors"), len(prompts)
+        for i, (g, p, e) in enumerate(zip(todo, prompts, extras)):
+            self._by_prompt[p] = (traced.maps_for(i) if len(rows) > 1 else traced.maps, {})
+            if e and errors is not None:
+                self._loo[tuple(g)] = [errors[i], *errors[start:start + len(e)]]
+            start += len(e)
 
     # ---- the cheap part ---------------------------------------------------------------------------------
     def predict(
@@ -187,7 +209,7 @@ class SeeDiffPredictor:
         groups = [words] if self._maps is not None else split_vocabulary(self.pipe.tokenizer, words,
                                                                          self.prompt_template)
         if self._maps is None:
-            self._read(groups)
+            self._read(groups, loo=presence and not drop_absent)
         logits: dict[str, float] = {}
         if drop_absent and len(words) > 1:
             if len(groups) > 1:
@@ -252,18 +274,21 @@ class SeeDiffPredictor:
                 judged = [c for c in group if maps.has_word(c)]
                 if judged:
                     parts.append((maps, judged, loo_prompts(judged, self.prompt_template)))
-            out: dict[str, float] = {}
-            if parts:
+            missing = [qs for _, judged, qs in parts if tuple(judged) not in self._loo]
+            if missing:  # rows the read did not carry: one batched UNet call for all of them
                 kw = self._photo_kwargs
                 t = int(kw.get("t", 100)) if kw.get("mode", "noise") == "noise" else 100
-                errors = loo_errors(self.pipe, self._photo, [q for _, _, qs in parts for q in qs], t=t,
+                errors = loo_errors(self.pipe, self._photo, [q for qs in missing for q in qs], t=t,
                                     seed=int(kw.get("seed", 0)), resolution=kw.get("resolution"))
                 start = 0
-                for maps, judged, qs in parts:
-                    gains = loo_gains(errors[start:start + len(qs)])
-                    start += len(qs)
-                    logits = presence_logits(self.defaults.presence, maps, judged, gains)
-                    out.update({c: float(v) for c, v in zip(judged, logits)})
+                for _, judged, qs in parts:
+                    if tuple(judged) not in self._loo:
+                        self._loo[tuple(judged)] = list(errors[start:start + len(qs)])
+                        start += len(qs)
+            out: dict[str, float] = {}
+            for maps, judged, _ in parts:
+                logits = presence_logits(self.defaults.presence, maps, judged, loo_gains(self._loo[tuple(judged)]))
+                out.update({c: float(v) for c, v in zip(judged, logits)})
             self._logits[words] = out
         return self._logits[words]
 

@@ -46,6 +46,7 @@ def settings(tiny_pipe_path, root):
         "SEEDIFF_MODEL": str(tiny_pipe_path), "SEEDIFF_DEVICE": "cpu", "SEEDIFF_ALLOWED_ROOTS": str(root),
         "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": KEY,
         "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1],
+        "SEEDIFF_PRESENCE": "false",  # a random model: its presence decisions are noise; this file tests the protocol
     })
 
 
@@ -301,6 +302,7 @@ def test_fuzzed_predict_bodies_are_answered_never_500(client, body):
 def test_settings_validation_and_masking():
     with pytest.raises(SettingsError, match="SEEDIFF_METHOD"):
         Settings.from_env({"SEEDIFF_METHOD": "magic"})
+    assert Settings.from_env({}).presence and not Settings.from_env({"SEEDIFF_PRESENCE": "false"}).presence
     with pytest.raises(SettingsError, match="BASIC_AUTH_PASS"):
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(SettingsError, match="LABEL_STUDIO_URL"):

@@ -45,7 +45,8 @@ def test_decide_keeps_best_forced_and_threshold():
 def test_loo_prompts_and_gains():
     assert loo_prompts(["circle", "square"]) == ["a photo of a circle and a square", "a photo of a square",
                                                 "a photo of a circle"]
-    assert loo_prompts(["circle"]) == ["a photo of a circle", ""]
+    assert loo_prompts(["circle"]) == ["a photo of a circle", "a photo of"]
+    assert loo_prompts(["circle"], "{}") == ["a circle", "a photo"]
     np.testing.assert_allclose(loo_gains([0.5, 0.75, 0.5]), [0.5, 0.0])
     with pytest.raises(ValueError, match="at least one leave-one-out"):
         loo_gains([0.5])
@@ -103,3 +104,40 @@ def test_shifted_world_is_deterministic_and_exact():
         shifted_split("train", 1)
     with pytest.raises(ValueError, match="objects must satisfy"):
         ShiftedConfig(objects=(0, 4))
+
+
+def test_label_sets_of_any_size_are_read_in_groups_in_one_call(model, monkeypatch):
+    """100 labels on a 32-token model: the classes are split into prompts that fit, read in one batched UNet
+    call; the shapes present still get their regions, and every label gets a mask or a reason."""
+    calls = []
+    real = seediff.modes.read_photo
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seediff.modes, "read_photo", counting)
+    words = list(SHAPES) + [f"thing{i}" for i in range(97)]
+    scene = make_scene(200_004, n_objects=2)
+    predictor = seediff.SeeDiffPredictor.from_model(model)
+    predictor.set_image(scene.image)
+    out = predictor.predict(words)
+    assert len(calls) == 1 and isinstance(calls[0], list) and len(calls[0]) > 10  # one batched read of all groups
+    assert out.labels == words and out.masks.shape == (100, 32, 32)
+    assert not (out.masks.sum(0) > 1).any()  # still one label per pixel
+    for c in scene.classes:
+        mask, truth = out.mask(c), scene.class_mask(c)
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.3, c
+    assert all(out.masks[i].any() or w in out.reasons for i, w in enumerate(words))
+
+
+def test_read_photo_with_several_prompts_matches_single_reads(model):
+    scene = make_scene(200_004, n_objects=2)
+    prompts = ["a photo of a circle and a square", "a photo of a triangle"]
+    batched = seediff.read_photo(model.pipe, scene.image, prompts)
+    for i, p in enumerate(prompts):
+        one = seediff.read_photo(model.pipe, scene.image, p).maps
+        got = batched.maps_for(i)
+        assert got.token_ids == one.token_ids and got.image is not None
+        for name in one.cross:
+            np.testing.assert_allclose(got.cross[name].numpy(), one.cross[name].numpy(), atol=1e-4)

@@ -100,8 +100,9 @@ def read_photo_for(model, image, classes, options: PredictOptions):
 
     predictor = SeeDiffPredictor.from_model(model, prompt_template=options.prompt_template)
     one = len(split_vocabulary(model.pipe.tokenizer, classes, options.prompt_template)) == 1
-    predictor.set_image(image, options.prompt(classes) if one else None, mode=options.photo_mode, t=options.t,
-                        steps=options.steps, seed=options.seed)
+    predictor.set_image(image, options.prompt(classes) if one else None,
+                        classes if options.presence and not options.drop_absent else None, mode=options.photo_mode,
+                        t=options.t, steps=options.steps, seed=options.seed)
     return predictor
 
 

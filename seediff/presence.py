@@ -1,7 +1,8 @@
 """Which prompted classes are in a photo: a generative presence test (after Li et al. 2023, "Your Diffusion Model
 is Secretly a Zero-Shot Classifier").
 
-The photo's latent is noised at a few timesteps with fixed noise, and the UNet predicts that noise under
+The photo's latent is noised at a few timesteps with fixed noise, and the UNet predicts that noise (converted from
+v or x₀ for models that predict those, :func:`seediff.conditioning.predicted_noise`) under
 2K+1 prompts at once (one batched call per timestep and noise draw): every class ("a photo of a circle and a
 square and a triangle"), every class but c, and c alone. A class the photo contains explains part of it, so
 removing it raises the prediction error and naming it alone lowers the error below the other classes' alone:
@@ -48,7 +49,8 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     One batched UNet call of 2K+1 prompts per (timestep, noise draw); the noise is fixed by ``seed`` and shared
     by every prompt, so the error differences compare prompts, not noise.
     """
-    from .modes import _as_rgb, _embed, _encode_photo, check_prompt, input_size
+    from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
+    from .modes import _as_rgb, _encode_photo, check_prompt, input_size
     from .segment import _check_classes
 
     words = _check_classes(classes)
@@ -61,8 +63,10 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
         return {words[0]: 0.0}
     prompts = check_prompt(pipe.tokenizer, presence_prompts(words, prompt_template))
     rgb = _as_rgb(image)
-    latents = _encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width)))
-    emb = _embed(pipe, prompts)
+    size = input_size(pipe, (rgb.height, rgb.width))
+    latents = _encode_photo(pipe, rgb, size)
+    cond = unet_conditioning(pipe, prompts, size)
+    scheduler = noise_scheduler(pipe)  # x_t = α·x₀ + σ·ε whatever sampler the pipeline ships
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     draws = [torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
              for _ in range(noises)]
@@ -70,8 +74,8 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     for t in timesteps:
         ts = torch.tensor([int(t)], device=latents.device)
         for noise in draws:
-            x = pipe.scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
-            eps = pipe.unet(x, ts, encoder_hidden_states=emb).sample
+            x = scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
+            eps = predicted_noise(scheduler, pipe.unet(x, ts, **cond).sample, x, ts)  # ε whatever the UNet predicts
             errors.append(((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy())
     err = np.mean(errors, axis=0)  # [2K+1]
     k = len(words)

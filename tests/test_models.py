@@ -196,3 +196,27 @@ def test_sdxl_served_by_cli_and_backend(sdxl_path, tmp_path):
     assert res.status_code == 200
     (result,) = res.json()["results"]
     assert result["result"] and {r["original_width"] for r in result["result"]} == {48}
+
+
+# ---- the prepared GPU script ---------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_script_refuses_clearly_without_cuda():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(root / "bench" / "gpu.sh")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA GPU here" in r.stderr and "--dry-run" in r.stderr
+
+
+def test_gpu_bench_dry_run_measures_and_saves_a_loadable_sdxl(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", Path(__file__).resolve().parents[1] / "bench" / "gpu_bench.py")
+    gpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bench)
+    row = gpu_bench.measure("sdxl", True, 1, torch.device("cpu"), torch.float32, tmp_path)
+    assert row["arch"] == "sdxl-tiny" and row["ratio"] > 0 and set(row["masks"]) == {"seediff", "diffumask", "daam"}
+    assert "| sdxl-tiny | 64 |" in gpu_bench.table([row])
+    assert type(seediff.load_pipeline(tmp_path / "sdxl", device="cpu")).__name__ == "StableDiffusionXLPipeline"

@@ -20,6 +20,7 @@ _MODELS_DIR = Path(__file__).parent / "models"
 BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": _MODELS_DIR / "shapes"}
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
 METHOD_DEFAULTS_FILE = "seediff.json"
+MODEL_CONFIG_ENV = "SEEDIFF_MODEL_CONFIG"  # config folder for single-file checkpoints when none is passed
 
 
 class ModelLoadError(RuntimeError):
@@ -116,8 +117,8 @@ def _from_single_file(path: Path, dtype: torch.dtype, config: str | None = None)
     except Exception as exc:  # diffusers raises many types here; one clear message is what users need
         raise ModelLoadError(
             f"could not load checkpoint file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            "Single-file loading needs the model's config (cached from the hub, or pass `config=` a local "
-            "diffusers folder); converting once with diffusers' conversion script and passing the folder is simplest."
+            "Single-file loading needs the model's config (cached from the hub, or pass `config=` / set "
+            f"{MODEL_CONFIG_ENV} to a local diffusers folder of the same family, e.g. SD 1.5 or SDXL base)."
         ) from exc
 
 
@@ -154,7 +155,8 @@ def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | tor
     """Load a Stable Diffusion 1.x/2.x or SDXL pipeline from a folder, a checkpoint file, a hub id or a builtin name.
 
     Device: cuda > mps > cpu unless given; dtype: fp16 on CUDA, fp32 elsewhere unless given.
-    ``config``: for a single checkpoint file offline, a local diffusers folder (or cached hub id) with its configs.
+    ``config``: for a single checkpoint file offline, a local diffusers folder (or cached hub id) with its configs;
+    default: the ``SEEDIFF_MODEL_CONFIG`` environment variable (how the CLI, the backend and jobs pass it).
     Raises ModelLoadError with what to pass instead when the model cannot be found.
     """
     dev = resolve_device(device)
@@ -174,7 +176,7 @@ def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | tor
         elif path.is_file():
             if not name.endswith(_SINGLE_FILE_SUFFIXES):
                 raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(_SINGLE_FILE_SUFFIXES)})")
-            pipe = _from_single_file(path, dt, config)
+            pipe = _from_single_file(path, dt, config if config is not None else os.environ.get(MODEL_CONFIG_ENV) or None)
         elif _looks_like_hub_id(name):
             pipe = _from_hub(name, dt)
         else:

@@ -111,6 +111,29 @@ def test_single_file_checkpoint_loads_every_weight(tmp_path, arch, cls):
         seediff.load_pipeline(ckpt, device="cpu")  # offline and no config: one clear error
 
 
+def test_single_file_config_from_the_environment_serves_the_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seediff.cli import app
+
+    folder = tmp_path / "diffusers"
+    save_file(pipeline_to_ldm(build_tiny_pipeline(folder, arch="sdxl-tiny")), str(tmp_path / "xl.safetensors"))
+    monkeypatch.setenv("SEEDIFF_MODEL_CONFIG", str(folder))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(PHOTO).save(photos / "a.png")
+    r = CliRunner().invoke(app, ["annotate", str(photos), "--classes", "dog", "cat", "--out", str(tmp_path / "a.json"),
+                                 "--model", str(tmp_path / "xl.safetensors"), "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+
+
+def test_models_without_a_unet_are_refused_with_the_reason(tmp_path):
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline", '
+                                               '"transformer": ["diffusers", "SD3Transformer2DModel"]}')
+    with pytest.raises(ModelLoadError, match="has no UNet: seediff reads UNet-based"):
+        seediff.load_pipeline(tmp_path, device="cpu")
+
+
 # ---- SDXL ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sdxl_path(tmp_path_factory):

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from seediff.capture import CaptureConfig, trace
+from seediff.defaults import ModelDefaults
+from seediff.families import with_layout_levels
 from seediff.pipeline import resolve_device, resolve_dtype
 from seediff.segment import segment
 from seediff.testing import build_tiny_pipeline
@@ -73,16 +75,17 @@ def generation(pipe, size: int, steps: int, capture: bool, device: torch.device)
     return dt, peak, maps
 
 
-def mask_times(maps, device: torch.device, reps: int = 3) -> dict[str, float]:
+def mask_times(maps, defaults, device: torch.device, reps: int = 3) -> dict[str, float]:
     """Median seconds of ``segment`` per method on the recorded maps (no image: PAMR is skipped)."""
     out = {}
     for method in ("seediff", "diffumask", "daam"):
-        segment(maps, CLASSES, method=method)  # warm-up
+        config = defaults.config(method)
+        segment(maps, CLASSES, method=method, config=config)  # warm-up
         times = []
         for _ in range(reps):
             _sync(device)
             t0 = time.perf_counter()
-            segment(maps, CLASSES, method=method)
+            segment(maps, CLASSES, method=method, config=config)
             _sync(device)
             times.append(time.perf_counter() - t0)
         out[method] = statistics.median(times)
@@ -94,7 +97,6 @@ def measure(arch: str, tiny: bool, reps: int, device: torch.device, dtype: torch
     stand_in, size, steps = ARCHS[arch]
     name, size, steps = (stand_in, 64, 4) if tiny else (arch, size, steps)
     pipe = build(name, device, dtype)
-    from seediff.families import method_defaults_for
 
     generation(pipe, size, 2, False, device)  # warm-up: kernels, allocator, text encoder
     generation(pipe, size, 2, True, device)
@@ -105,9 +107,8 @@ def measure(arch: str, tiny: bool, reps: int, device: torch.device, dtype: torch
         dt, p1, maps = generation(pipe, size, steps, True, device)
         captured.append(dt)
         extra.append(p1 - p0)
-    maps.meta["method_defaults"] = method_defaults_for(pipe)
     maps.original_hw = (size, size)
-    masks = mask_times(maps, device)
+    masks = mask_times(maps, with_layout_levels(ModelDefaults(), pipe.unet), device)  # SDXL: no level-0 attention
     if save_dir is not None:  # for bench/predict_latency.py, which loads it as users do
         pipe.save_pretrained(str(save_dir / arch))
     row = dict(arch=name, size=size, steps=steps, recorded=len(maps.timesteps), plain_s=statistics.median(plain),

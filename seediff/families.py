@@ -7,13 +7,18 @@ level is a downsampling factor of the latent, so the same level index covers the
 in every family: SDXL at 1024 px (latent 128²) seeds and expands at level 2 (32², 60 transformer blocks of
 its 70) and runs background consistency at level 1 (64²) only, because its level 0 (128²) has no attention at
 all. These are derived from the UNet's layout, not tuned on real SDXL weights (none can be downloaded here).
+:func:`with_layout_levels` puts them into a loaded model's :class:`~seediff.defaults.ModelDefaults`.
 """
 
 from __future__ import annotations
 
-from .capture import layer_levels
+import dataclasses
 
-__all__ = ["model_family", "attention_levels", "level_defaults", "method_defaults_for"]
+from .capture import layer_levels
+from .defaults import ModelDefaults
+from .methods import config_with
+
+__all__ = ["model_family", "attention_levels", "level_defaults", "with_layout_levels"]
 
 _REFERENCE = {"seediff": {"seed_levels": (2,), "expand_level": 2, "background_levels": (1, 0)},
               "diffumask": {"levels": (2, 1, 0)}}
@@ -55,12 +60,17 @@ def level_defaults(unet) -> dict[str, dict]:
     return out
 
 
-def method_defaults_for(pipe) -> dict[str, dict]:
-    """The defaults a pipeline's maps carry: its UNet's level overrides, then its folder's ``seediff.json`` on top."""
+def with_layout_levels(defaults: ModelDefaults, unet) -> ModelDefaults:
+    """``defaults`` with the UNet layout's level overrides (:func:`level_defaults`) under the folder's own
+    settings: a level field the folder's ``seediff.json`` leaves at its reference value takes the layout's."""
     try:
-        merged = {m: dict(v) for m, v in level_defaults(pipe.unet).items()}
+        layout = level_defaults(unet)
     except ValueError:
-        merged = {}  # an unusual layout: the methods' own defaults apply, and segment names the missing levels
-    for method, overrides in (getattr(pipe, "seediff_defaults", None) or {}).items():
-        merged[method] = {**merged.get(method, {}), **overrides}
-    return merged
+        return defaults  # an unusual layout: segment names the missing levels when a method asks for them
+    configs = dict(defaults.configs)
+    for method, fields in layout.items():
+        reference = config_with(method, {})
+        current = configs.get(method, reference)
+        unset = {k: v for k, v in fields.items() if getattr(current, k) == getattr(reference, k)}
+        configs[method] = dataclasses.replace(current, **unset)
+    return dataclasses.replace(defaults, configs=configs)

@@ -20,9 +20,9 @@ from PIL import Image, ImageOps
 
 from .capture import AttentionMaps, CaptureConfig, trace
 from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
-from .families import method_defaults_for
+from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "check_prompt", "photo_size", "PHOTO_MODES"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -47,24 +47,6 @@ class Traced:
         return one
 
 
-def check_prompt(tokenizer, prompt: str | Sequence[str]) -> list[str]:
-    """Prompts as a list; ValueError if one is empty or longer than the text encoder takes."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("no prompt given")
-    limit = int(getattr(tokenizer, "model_max_length", 77))
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt must be a non-empty string, got {p!r}")
-        n = len(tokenizer(p).input_ids)
-        if n > limit:
-            raise ValueError(
-                f"prompt has {n} tokens (with start/end) but the text encoder takes at most {limit}: "
-                f"shorten it or use fewer class words: {p[:80]!r}…"
-            )
-    return prompts
-
-
 def _size_multiple(pipe) -> int:
     """Pixel multiple that keeps every UNet level's grid exact (VAE factor × 2^(levels−1))."""
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
@@ -79,7 +61,7 @@ def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, in
     return H, W
 
 
-def _as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
+def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
     """An RGB PIL image from a PIL image, an HxWx3 uint8 array or a file path, EXIF orientation applied."""
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         with Image.open(image) as im:
@@ -102,7 +84,7 @@ def input_size(pipe, hw: tuple[int, int], resolution: int | None = None) -> tupl
     return photo_size(hw, native, _size_multiple(pipe))
 
 
-def _encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+def encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
     H, W = size
     x = np.asarray(rgb.resize((W, H), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
@@ -146,7 +128,6 @@ def generate(
     maps.mode = "generate"
     maps.meta.update(seed=int(seed), steps=steps, guidance=guidance, prompts=prompts,
                      image_hw=(images[0].height, images[0].width))
-    maps.meta["method_defaults"] = method_defaults_for(pipe)  # UNet-layout levels + the folder's seediff.json
     maps.original_hw = (images[0].height, images[0].width)
     if len(images) == 1:
         maps.image = np.asarray(images[0].convert("RGB"))
@@ -187,9 +168,9 @@ def read_photo(
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    rgb = _as_rgb(image)
+    rgb = as_rgb(image)
     size = input_size(pipe, (rgb.height, rgb.width), resolution)
-    latents = _encode_photo(pipe, rgb, size)
+    latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     scheduler = noise_scheduler(pipe)  # DDIM with the model's schedule and prediction_type; step() converts v/x0
@@ -224,7 +205,6 @@ def read_photo(
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)
-    maps.meta["method_defaults"] = method_defaults_for(pipe)  # UNet-layout levels + the folder's seediff.json
     return Traced([rgb], maps)
 
 

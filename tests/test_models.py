@@ -17,7 +17,9 @@ from safetensors.torch import save_file
 import seediff
 from seediff.capture import layer_levels
 from seediff.conditioning import noise_scheduler, predicted_noise
-from seediff.families import level_defaults, model_family
+from seediff.defaults import ModelDefaults
+from seediff.families import level_defaults, model_family, with_layout_levels
+from seediff.methods import config_with
 from seediff.pipeline import ModelLoadError
 from seediff.presence import presence_scores, present_classes
 from seediff.testing import build_tiny_pipeline
@@ -106,7 +108,8 @@ def test_single_file_checkpoint_loads_every_weight(tmp_path, arch, cls):
         assert set(want) == set(got), name
         assert all(torch.equal(want[k], got[k]) for k in want), name
     made = seediff.generate(loaded, "a photo of a dog and a cat", steps=2)
-    assert seediff.segment(made.maps_for(0), ["dog", "cat"]).masks.shape[0] == 2
+    config = seediff.load_model(ckpt, device="cpu", config=folder).defaults.config("seediff")
+    assert seediff.segment(made.maps_for(0), ["dog", "cat"], config=config).masks.shape[0] == 2
     with pytest.raises(ModelLoadError, match="needs the model's config"):
         seediff.load_pipeline(ckpt, device="cpu")  # offline and no config: one clear error
 
@@ -143,18 +146,35 @@ def sdxl_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sdxl(sdxl_path):
-    return seediff.load_pipeline(sdxl_path, device="cpu")
+def sdxl_model(sdxl_path):
+    return seediff.load_model(sdxl_path, device="cpu")
 
 
-def test_sdxl_folder_loads_as_sdxl_with_its_levels(sdxl, tiny_pipe):
+@pytest.fixture(scope="module")
+def sdxl(sdxl_model):
+    return sdxl_model.pipe
+
+
+def test_sdxl_folder_loads_as_sdxl_with_its_levels(sdxl_model, tiny_pipe):
+    sdxl, defaults = sdxl_model.pipe, sdxl_model.defaults
     assert type(sdxl).__name__ == "StableDiffusionXLPipeline"
     assert model_family(sdxl.unet) == "sdxl" and model_family(tiny_pipe.unet) == "sd-layout"
     assert level_defaults(sdxl.unet) == {"seediff": {"background_levels": (1,)}, "diffumask": {"levels": (2, 1)}}
     assert level_defaults(tiny_pipe.unet) == {}
+    assert defaults.config("seediff").background_levels == (1,) and defaults.config("diffumask").levels == (2, 1)
+    assert defaults.config("seediff").seed_levels == (2,) and defaults.config("daam").levels is None
+    assert with_layout_levels(ModelDefaults(), tiny_pipe.unet) == ModelDefaults()
 
 
-def test_sdxl_generate_records_every_transformer_block_of_each_level(sdxl):
+def test_layout_levels_go_under_the_folders_own_settings(sdxl):
+    own = ModelDefaults({"seediff": config_with("seediff", {"threshold": 0.3}),
+                         "diffumask": config_with("diffumask", {"levels": [2]})})
+    merged = with_layout_levels(own, sdxl.unet)
+    assert merged.config("seediff").threshold == 0.3 and merged.config("seediff").background_levels == (1,)
+    assert merged.config("diffumask").levels == (2,)  # set by the folder: kept
+
+
+def test_sdxl_generate_records_every_transformer_block_of_each_level(sdxl, sdxl_model):
     made = seediff.generate(sdxl, "a photo of a dog and a cat", steps=4, guidance=5.0)
     maps = made.maps_for(0)
     assert made.image.size == (64, 64) and maps.latent_hw == (32, 32)
@@ -165,17 +185,16 @@ def test_sdxl_generate_records_every_transformer_block_of_each_level(sdxl):
     assert maps.available_levels("self") == [1, 2]
     assert maps.self_attention(1).shape == (16 * 16, 16 * 16)
     assert maps.prompt_tokens()[:2] == sdxl.tokenizer("a photo", add_special_tokens=False).input_ids
-    for method in ("seediff", "diffumask", "daam"):  # defaults come from the UNet's layout: no level 0
-        out = seediff.segment(maps, ["dog", "cat"], method=method)
+    for method in ("seediff", "diffumask", "daam"):  # the loaded model's defaults: its layout has no level 0
+        out = seediff.segment(maps, ["dog", "cat"], method=method, config=sdxl_model.defaults.config(method))
         assert out.masks.shape == (2, 64, 64)
-    assert seediff.segment(maps, ["dog"]).config.background_levels == (1,)
 
 
 @pytest.mark.parametrize("mode", ["noise", "denoise", "invert"])
-def test_sdxl_reads_photos_in_every_mode(sdxl, mode):
+def test_sdxl_reads_photos_in_every_mode(sdxl, sdxl_model, mode):
     read = seediff.read_photo(sdxl, PHOTO, "a photo of a dog and a cat", mode=mode, steps=3)
     assert read.maps.original_hw == (40, 48) and read.maps.available_levels("cross") == [1, 2]
-    out = seediff.segment(read.maps, ["dog", "cat"])
+    out = seediff.segment(read.maps, ["dog", "cat"], config=sdxl_model.defaults.config("seediff"))
     assert out.masks.shape == (2, 40, 48)
 
 

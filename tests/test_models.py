@@ -114,6 +114,44 @@ def test_single_file_checkpoint_loads_every_weight(tmp_path, arch, cls):
         seediff.load_pipeline(ckpt, device="cpu")  # offline and no config: one clear error
 
 
+@pytest.mark.parametrize("arch,components", [("tiny", {"unet"}), ("sdxl-tiny", {"unet", "text_encoder_2"})])
+def test_checkpoint_family_is_read_from_its_keys_in_both_formats(tmp_path, arch, components):
+    from seediff.pipeline import _checkpoint_components
+
+    sd = pipeline_to_ldm(build_tiny_pipeline(arch=arch))
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    torch.save({"state_dict": sd}, tmp_path / "m.ckpt")  # the old pickled format nests the weights
+    assert _checkpoint_components(tmp_path / "m.safetensors") == components
+    assert _checkpoint_components(tmp_path / "m.ckpt") == components
+
+
+def test_cached_sdxl_hub_id_loads_offline(tmp_path, monkeypatch, sdxl_path):
+    import shutil
+
+    repo = tmp_path / "hub" / "models--someone--tiny-sdxl"
+    shutil.copytree(sdxl_path, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = seediff.load_model("someone/tiny-sdxl", device="cpu")
+    assert type(loaded.pipe).__name__ == "StableDiffusionXLPipeline"
+    assert loaded.defaults.config("seediff").background_levels == (1,)
+
+
+def test_sdxl_synthesize_writes_a_dataset(tmp_path, sdxl_path):
+    from typer.testing import CliRunner
+
+    from seediff.cli import app
+    from seediff.coco import read_coco
+
+    out = tmp_path / "data"
+    r = CliRunner().invoke(app, ["synthesize", "--classes", "dog", "cat", "--per-class", "1", "--steps", "2",
+                                 "--model", str(sdxl_path), "--device", "cpu", "--out", str(out), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert [(im["width"], im["height"]) for im in read_coco(out / "coco.json")["images"]] == [(64, 64)] * 2
+
+
 def test_single_file_config_from_the_environment_serves_the_cli(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -223,6 +223,8 @@ def test_sdxl_generate_records_every_transformer_block_of_each_level(sdxl, sdxl_
     assert maps.available_levels("self") == [1, 2]
     assert maps.self_attention(1).shape == (16 * 16, 16 * 16)
     assert maps.prompt_tokens()[:2] == sdxl.tokenizer("a photo", add_special_tokens=False).input_ids
+    with pytest.raises(ValueError, match=r"levels \[0\] .* as SDXL at level 0, takes the levels of its loaded model"):
+        seediff.segment(maps, ["dog"])  # the reference levels include 0: the error says where SDXL's are
     for method in ("seediff", "diffumask", "daam"):  # the loaded model's defaults: its layout has no level 0
         out = seediff.segment(maps, ["dog", "cat"], method=method, config=sdxl_model.defaults.config(method))
         assert out.masks.shape == (2, 64, 64)

@@ -27,8 +27,8 @@ log = logging.getLogger("seediff_labelstudio")
 
 def backend_model_version(s: Settings) -> str:
     """The model_version for these settings: the preannotate CLI's name for the model, method, photo mode and t,
-    plus a short hash of any other non-default setting that changes the masks (prompt template, seed, steps,
-    drop_absent).
+    plus a short hash of any other non-default setting that changes the masks or their regions (prompt
+    template, seed, steps, drop_absent, control type).
 
     With default prompt/seed/steps it equals ``model_version_for`` exactly, so tasks pre-annotated by
     ``seediff preannotate`` with the same settings are skipped by Label Studio, not predicted twice.
@@ -42,16 +42,27 @@ def backend_model_version(s: Settings) -> str:
         extra["steps"] = s.steps
     if s.drop_absent:
         extra["drop_absent"] = True
+    if s.control != "polygon":
+        extra["control"] = s.control
     base = model_version_for(s.model, s.method, s.photo_mode, s.timestep)
     if not extra:
         return base
     return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
+def _negative(region: Mapping[str, Any], value: Mapping[str, Any]) -> bool:
+    """Whether an interactive keypoint is a negative click: ``is_positive`` false on the region (Label Studio's
+    place), else in its value; false, 0 and "false" count as negative, anything else (or nothing) as positive."""
+    flag = region["is_positive"] if "is_positive" in region else value.get("is_positive", True)
+    return flag is False or flag == 0 or (isinstance(flag, str) and flag.strip().lower() in ("false", "0"))
+
+
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
     """Interactive context (keypoints / rectangles an annotator drew) → per-class points and boxes in pixels.
 
-    A keypoint or rectangle carries a label; it becomes a positive seed (or a box) for that label's words.
+    A keypoint or rectangle carries a label; it becomes a seed (or a box) for that label's words. A keypoint is
+    negative when ``is_positive`` is false: Label Studio puts it on the region itself (an Alt-click), not in
+    ``value``; ``value.is_positive`` is read only when the region has none.
     """
     points: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     boxes: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
@@ -74,7 +85,7 @@ def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tupl
             continue
         for word in words:
             if kind.startswith("keypoint"):
-                points[word].append((x, y, 0 if value.get("is_positive") is False else 1))
+                points[word].append((x, y, 0 if _negative(region, value) else 1))
             elif kind.startswith("rectangle") and "width" in value and "height" in value:
                 boxes[word].append((x, y, x + float(value["width"]) * w / 100, y + float(value["height"]) * h / 100))
     return dict(points), dict(boxes)
@@ -236,7 +247,7 @@ class SeeDiffModel:
             self._slots.release()
         for word, reason in masks.reasons.items():
             log.info("task %s: %s: %s", task.get("id"), word, reason)
-        result = plan_results(plan, masks, size)
+        result = plan_results(plan, masks, size, control=s.control)
         t5 = time.perf_counter()
         self._count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
         scores = [r["score"] for r in result if isinstance(r.get("score"), (int, float))]

@@ -108,6 +108,41 @@ def test_setup_returns_model_version_and_rejects_bad_configs(client, model):
     assert "at most 77" in r.json()["detail"]
 
 
+def test_configs_the_backend_cannot_serve_are_logged_at_warning(client, caplog):
+    """Label Studio shows only 'doesn't look like a valid ML backend': the backend's log must say why."""
+    with caplog.at_level(logging.WARNING, logger="seediff_labelstudio"):
+        assert client.post("/setup", json={"project": "5.17", "schema": NO_CONTROL}, auth=AUTH).status_code == 400
+        assert _predict(client, [{"id": 1, "data": _local("a.png")}], NO_IMAGE).status_code == 400
+        assert client.post("/predict", json={"tasks": [], "project": "77"}, auth=AUTH).status_code == 400
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "seediff_labelstudio"]
+    assert lines[0][0] == "WARNING" and lines[0][1].startswith(
+        "/setup project 5 refused: unsupported labeling config: the project's labeling config has no <PolygonLabels> "
+        "or <BrushLabels> on an <Image> (it has <RectangleLabels name='box'>)")
+    assert lines[1][0] == "WARNING" and lines[1][1].startswith(
+        "/predict project 1 refused: unsupported labeling config: the project's labeling config has no <Image> "
+        "(it has <Text name='text'>)")
+    assert lines[2] == ("WARNING", "/predict project 77 refused: predict needs 'label_config' (or a /setup for this "
+                                   "project first)")
+
+
+def test_one_control_type_per_project(settings, model):
+    """BOTH holds each label in a polygon and a brush control: polygons by default, brushes or per-mask choice on
+    request (SEEDIFF_CONTROL), and the non-default choices have their own model_version."""
+    task = [{"id": 7, "data": _local("a.png")}]
+    kinds, versions = {}, {}
+    for control in ("polygon", "brush", "both"):
+        m = SeeDiffModel(dataclasses.replace(settings, control=control))
+        m.pipe = model.pipe
+        (res,) = _predict(TestClient(create_app(m.settings, m)), task).json()["results"]
+        kinds[control], versions[control] = {r["type"] for r in res["result"]}, res["model_version"]
+    assert kinds["polygon"] == {"polygonlabels"} and kinds["brush"] == {"brushlabels"}
+    assert kinds["both"] <= {"polygonlabels", "brushlabels"}
+    assert versions["polygon"] == model.model_version and len(set(versions.values())) == 3
+    assert Settings.from_env({"SEEDIFF_CONTROL": " Brush "}).control == "brush"
+    with pytest.raises(SettingsError, match="SEEDIFF_CONTROL must be one of polygon, brush, both, got 'rle'"):
+        Settings.from_env({"SEEDIFF_CONTROL": "rle"})
+
+
 @pytest.mark.parametrize("config,kinds,labels", [
     (BOTH, {"polygonlabels", "brushlabels"}, {"Dog", "Cat"}),
     (POLY, {"polygonlabels"}, {"Traffic light", "Pet"}),
@@ -187,7 +222,12 @@ def test_interactive_context_steers_the_label(client):
     plain = _predict(client, task, POLY).json()["results"][0]["result"]
     reads = client.get("/metrics", auth=AUTH).json()["unet_reads"]
     click = {"result": [{"type": "keypointlabels", "value": {"x": 10.0, "y": 10.0, "keypointlabels": ["Traffic light"]}}]}
-    assert _predict(client, task, POLY, params={"context": click}).json()["results"][0]["result"] != plain
+    positive = _predict(client, task, POLY, params={"context": click}).json()["results"][0]["result"]
+    assert positive != plain
+    # an Alt-click: Label Studio puts is_positive on the region, not in its value
+    alt = {"result": [{**click["result"][0], "is_positive": False}]}
+    negative = _predict(client, task, POLY, params={"context": alt}).json()["results"][0]["result"]
+    assert negative != positive
     assert client.get("/metrics", auth=AUTH).json()["unet_reads"] == reads  # same photo: attention reused
     box = {"result": [{"type": "rectanglelabels", "value": {"x": 0, "y": 0, "width": 50, "height": 50,
                                                             "rectanglelabels": ["Traffic light"]}}]}

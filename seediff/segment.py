@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .baseline import DAAMConfig, DiffuMaskConfig, _check_common, _check_levels, daam_probs, diffumask_probs
 from .capture import AttentionMaps
+from .clicks import click_level, click_regions, follow_clicks, has_clicks
 from .expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
 from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack, resolve_overlaps
 from .refine import background_consistency, image_tensor, pamr, pamr_affinity
@@ -410,9 +411,11 @@ def segment(
     if method != "seediff" and any(len(p.positive) or len(p.negative) for p in prompts.values()):
         raise ValueError(f"points are seeds and only method='seediff' uses them (got method={method!r})")
 
+    clicks = method == "seediff" and has_clicks(prompts)
     with torch.no_grad():
         if method == "seediff":
-            probs, thresholds, reasons = seediff_probs(maps, classes, config, hw, batch, prompts, out_hw, cache)
+            text_prompts = {c: UserPrompt(boxes=p.boxes) for c, p in prompts.items()} if clicks else prompts
+            probs, thresholds, reasons = seediff_probs(maps, classes, config, hw, batch, text_prompts, out_hw, cache)
         else:
             probs, thresholds, reasons = METHODS[method](maps, classes, config, hw, batch)
         probs = probs.float().cpu()
@@ -422,6 +425,11 @@ def segment(
             if b is not None:
                 probs[i] = torch.where(b, probs[i], torch.zeros_like(probs[i]))
         labels = assign_labels(probs, thresholds)
+        if clicks:
+            labels, probs = _follow(maps, labels, probs, classes, prompts, config, out_hw, hw, batch, cache, boxes_px)
+            for c in classes:
+                if len(prompts[c].positive):
+                    reasons.pop(c, None)
         candidates = [bool((probs[i] > thresholds[i]).any()) for i in range(len(classes))]
         notes: list[str] = []
         if method == "seediff" and config.pamr_iterations > 0 and bool(labels.any()):
@@ -438,6 +446,24 @@ def segment(
             scores[i] = 0.0
     return ClassMasks(labels=classes, masks=masks, scores=scores.numpy(), reasons=reasons, method=method,
                       config=config, notes=notes)
+
+
+def _follow(maps, labels, probs, classes, prompts, cfg: SeeDiffConfig, out_hw, hw, batch, cache, boxes_px):
+    """Labels and probabilities after the users' clicks (:mod:`seediff.clicks`); a clicked class's probability
+    becomes its clicks' similarity map (so its score is how much its mask resembles what was clicked)."""
+    level = click_level(maps, (cfg.expand_level, *cfg.background_levels))
+    regions = {}
+    probs = probs.clone()
+    for i, c in enumerate(classes):
+        p = prompts[c]
+        if not (len(p.positive) or len(p.negative)):
+            continue
+        kw = dict(power=cfg.seed_power, batch=batch, cache=cache, eps=cfg.flat_eps)
+        regions[c] = (*click_regions(maps, p.positive, out_hw, hw, level, **kw),
+                      *click_regions(maps, p.negative, out_hw, hw, level, **kw))
+        if len(p.positive):
+            probs[i] = regions[c][1].amax(0)
+    return follow_clicks(labels, classes, prompts, regions, boxes_px), probs
 
 
 def _pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes) -> torch.Tensor:

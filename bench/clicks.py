@@ -6,7 +6,8 @@ KeyPointLabels / RectangleLabels tool, answered from the cached attention (no UN
 
 - right label: one positive click at the object's centre with its own shape's label;
 - wrong label: the same click with another shape's label (the hand must beat the word);
-- two clicks: the centre, then a second interior pixel far from it (clicks accumulate);
+- near the edge: one click on the interior pixel farthest from the centre;
+- two clicks: the centre, then that pixel (clicks accumulate);
 - negative: the object's label, positive click on it and an Alt-click on the other object (its region is removed);
   and an Alt-click alone on the other object with that object's own label ("not this one": its region leaves);
 - rectangle: the object's box (padded 2 px) with its label: the mask must stay inside.
@@ -123,6 +124,9 @@ def measure_scene(stats: ClickStats, maps, scene: Scene, config=None, cache: dic
         stats.add("wrong label: inside", _mask(out, wrong)[px])
         stats.add("wrong label: IoU", iou(_mask(out, wrong), own))
         x2, y2 = far_pixel(own, (x, y))
+        edge = _mask(run(points={obj.shape: [(x2, y2, 1)]}), obj.shape)
+        stats.add("edge click: inside", edge[int(y2), int(x2)])
+        stats.add("edge click: IoU", iou(edge, own))
         out2 = run(points={obj.shape: [(x, y, 1), (x2, y2, 1)]})
         two = _mask(out2, obj.shape)
         stats.add("two clicks: both inside", two[px] and two[int(y2), int(x2)])
@@ -170,7 +174,9 @@ ROWS = [  # (row, statistic, how it is shown)
     ("positive click: no other label keeps any of the object", "right label: others keep none of it", "pct"),
     ("positive click, another shape's label: clicked pixel inside", "wrong label: inside", "pct"),
     ("positive click, another shape's label: IoU with the clicked object", "wrong label: IoU", "mean"),
-    ("two clicks on the object: both pixels inside", "two clicks: both inside", "pct"),
+    ("one click near the object's edge (an interior pixel far from the centre): IoU", "edge click: IoU", "mean"),
+    ("one click near the edge: lowest IoU", "edge click: IoU", "low"),
+    ("two clicks on the object (centre, then near the edge): both pixels inside", "two clicks: both inside", "pct"),
     ("two clicks on the object: IoU", "two clicks: IoU", "mean"),
     ("two clicks: the mask keeps all of the first click's mask", "two clicks: keeps the first click's mask", "pct"),
     ("click + Alt-click on the other object: IoU", "click + Alt-click on the other: IoU", "mean"),

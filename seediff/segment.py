@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .baseline import DAAMConfig, DiffuMaskConfig, _check_common, _check_levels, daam_probs, diffumask_probs
 from .capture import AttentionMaps
-from .clicks import click_level, click_regions, follow_clicks, has_clicks
+from .clicks import click_level, click_regions, follow_clicks, has_clicks, with_box_clicks
 from .expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
 from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack, resolve_overlaps
 from .refine import background_consistency, image_tensor, pamr, pamr_affinity
@@ -411,6 +411,8 @@ def segment(
     if method != "seediff" and any(len(p.positive) or len(p.negative) for p in prompts.values()):
         raise ValueError(f"points are seeds and only method='seediff' uses them (got method={method!r})")
 
+    if method == "seediff":
+        prompts = with_box_clicks(prompts)
     clicks = method == "seediff" and has_clicks(prompts)
     with torch.no_grad():
         if method == "seediff":
@@ -426,7 +428,8 @@ def segment(
                 probs[i] = torch.where(b, probs[i], torch.zeros_like(probs[i]))
         labels = assign_labels(probs, thresholds)
         if clicks:
-            labels, probs = _follow(maps, labels, probs, classes, prompts, config, out_hw, hw, batch, cache, boxes_px)
+            labels, probs, regions = _follow(maps, labels, probs, classes, prompts, config, out_hw, hw, batch, cache,
+                                             boxes_px)
             for c in classes:
                 if len(prompts[c].positive):
                     reasons.pop(c, None)
@@ -434,6 +437,8 @@ def segment(
         notes: list[str] = []
         if method == "seediff" and config.pamr_iterations > 0 and bool(labels.any()):
             labels = _pamr_labels(maps, labels, len(classes), config, hw, boxes_px, cache, notes)
+            if clicks:  # PAMR may grow a mask back into what an Alt-click took away
+                labels = follow_clicks(labels, classes, regions, boxes_px, forbid_only=True)
         stack = resize_stack(one_hot(labels, len(classes)), out_hw)
         final = stack.argmax(0)
         scores = class_scores(probs, labels)
@@ -463,7 +468,7 @@ def _follow(maps, labels, probs, classes, prompts, cfg: SeeDiffConfig, out_hw, h
                       *click_regions(maps, p.negative, out_hw, hw, level, **kw))
         if len(p.positive):
             probs[i] = regions[c][1].amax(0)
-    return follow_clicks(labels, classes, prompts, regions, boxes_px), probs
+    return follow_clicks(labels, classes, regions, boxes_px), probs, regions
 
 
 def _pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from seediff.segment import SeeDiffConfig
+from seediff.methods import SeeDiffConfig
 from seediff.testing.shapes import COLOURS, SHAPES, Scene, SceneConfig, make_scene
 
 # Benchmark splits: seeds far from training (>= 1_000_000) and from the training probe (0..47).
@@ -207,7 +207,7 @@ def capture_photo(pipe, scenes: Sequence[Scene], *, mode: str = "noise", t: int 
     ``read_kwargs`` go to ``read_photo`` (``strength``, ``steps`` for the denoise/invert modes).
     """
     import seediff
-    from seediff.predictor import class_prompt
+    from seediff.prompts import class_prompt
 
     out = []
     for scene in scenes:
@@ -525,8 +525,9 @@ def click_following(pipe, n_dev: int, n_bench: int, photo: Mapping) -> list[str]
     from clicks import ROWS, click_stats, click_table, two_object_scenes
 
     kw = {"mode": photo["mode"], "t": photo["t"], "template": photo["template"]}
-    columns = {f"dev ({n_dev} scenes)": click_stats(pipe, two_object_scenes(DEV_SEED_OFFSET, n_dev), **kw),
-               f"benchmark ({n_bench} scenes)": click_stats(pipe, two_object_scenes(MULTI_SEED_OFFSET, n_bench), **kw)}
+    columns = {f"dev ({n_dev} scenes)": click_stats(pipe, two_object_scenes(DEV_SEED_OFFSET, n_dev), BENCH_CONFIG, **kw),
+               f"benchmark ({n_bench} scenes)": click_stats(pipe, two_object_scenes(MULTI_SEED_OFFSET, n_bench),
+                                                            BENCH_CONFIG, **kw)}
     return [f"## Click-following, 2 objects ({len(ROWS)} statistics)", "",
             "What an annotator's smart KeyPointLabels / RectangleLabels do in Label Studio (bench/clicks.py): every "
             "label-config class in the prompt, as the backend reads a task; per object a click at its centre with "

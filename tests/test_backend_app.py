@@ -132,7 +132,7 @@ def test_one_control_type_per_project(settings, model):
     kinds, versions = {}, {}
     for control in ("polygon", "brush", "both"):
         m = SeeDiffModel(dataclasses.replace(settings, control=control))
-        m.pipe = model.pipe
+        m.loaded = model.loaded
         (res,) = _predict(TestClient(create_app(m.settings, m)), task).json()["results"]
         kinds[control], versions[control] = {r["type"] for r in res["result"]}, res["model_version"]
     assert kinds["polygon"] == {"polygonlabels"} and kinds["brush"] == {"brushlabels"}
@@ -299,7 +299,7 @@ def test_setup_token_fetches_uploads_when_no_key_is_configured(settings, model):
                 auth="Token token-from-setup")
         s = dataclasses.replace(settings, ls_url=ls.url, ls_api_key=None)
         m = SeeDiffModel(s)
-        m.pipe = model.pipe  # the pipeline already loaded once for this module
+        m.loaded = model.loaded  # the pipeline already loaded once for this module
         c = TestClient(create_app(s, m))
         task = [{"id": 5, "data": {"image": "/data/upload/1/a.png"}}]
         assert _predict(c, task).json()["results"] == [[]]  # no key yet: Label Studio says 401

@@ -1,4 +1,4 @@
-"""Click-following (seediff.clicks): hand-computed pieces, and floors on real two-object scenes of the bundled
+"""Click-following (seediff.methods.clicks): hand-computed pieces, and floors on real two-object scenes of the bundled
 model through the same code as bench/clicks.py (its first scenes of the benchmark split)."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from mask_fixtures import blocks_map, block_labels, make_maps
-from seediff.clicks import click_level, click_regions, click_similarity, follow_clicks, has_clicks, with_box_clicks
+from seediff.methods.clicks import (
+    ClassClicks, class_clicks, click_level, click_regions, click_similarity, follow_clicks, has_clicks, with_box_clicks,
+)
 from seediff.seeds import UserPrompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,23 +42,32 @@ def test_click_level_is_the_finest_recorded_and_regions_are_blocks():
 
 
 def test_follow_clicks_gives_the_clicked_class_its_regions_and_takes_what_alt_clicks_remove():
-    labels = torch.tensor([[1, 1, 2, 2]])
-    yes = torch.tensor([[[False, False, True, True]]])
-    no = torch.tensor([[[False, False, False, True]]])
-    none = torch.zeros((0, 1, 4), dtype=torch.bool)
-    # class 0 clicked on the right half: it takes it from class 1 and drops its text pixels on the left
-    out = follow_clicks(labels, ["a", "b"], {"a": (yes, yes.float(), none, none.float())})
-    assert out.tolist() == [[0, 0, 1, 1]]
-    # ... but with an Alt-click on the last pixel, more like the Alt-click than the click, class 0 leaves it to 1
-    out = follow_clicks(labels, ["a", "b"], {"a": (yes, torch.tensor([[[0, 0, 1, 0.2]]]), no, no.float())})
-    assert out.tolist() == [[0, 0, 1, 2]]
-    # an Alt-click alone removes its region from the class (class 1 loses its last pixel), nothing else
-    assert follow_clicks(labels, ["a", "b"], {"b": (none, none.float(), no, no.float())}).tolist() == [[1, 1, 2, 0]]
-    # a box confines: with forbid_only only what the class may not have is taken (after PAMR)
-    box = torch.tensor([[True, True, True, False]])
-    out = follow_clicks(torch.tensor([[1, 1, 1, 1]]), ["a"], {"a": (yes, yes.float(), none, none.float())}, [box],
-                        forbid_only=True)
-    assert out.tolist() == [[1, 1, 1, 0]]
+    probs = torch.tensor([[[0.9, 0.8, 0.1, 0.1]], [[0.1, 0.1, 0.7, 0.9]]])
+    right = torch.tensor([[False, False, True, True]])
+    nothing = torch.zeros((1, 4), dtype=torch.bool)
+    sim = torch.tensor([[0.0, 0.2, 1.0, 0.6]])
+    # class a clicked on the right half: its map is the click's similarity there (threshold 0), b loses it
+    out, thr = follow_clicks(probs, [0.3, 0.3], ["a", "b"], {"a": ClassClicks(right, nothing, sim)})
+    assert torch.allclose(out, torch.tensor([[[0.0, 0.0, 1.0, 0.6]], [[0.1, 0.1, 0.0, 0.0]]])) and thr == [0.0, 0.3]
+    # an Alt-click alone takes its region from its class, nothing else
+    last = torch.tensor([[False, False, False, True]])
+    out, thr = follow_clicks(probs, [0.3, 0.3], ["a", "b"], {"b": ClassClicks(None, last, None)})
+    assert torch.allclose(out, torch.tensor([[[0.9, 0.8, 0.1, 0.1]], [[0.1, 0.1, 0.7, 0.0]]])) and thr == [0.3, 0.3]
+
+
+def test_class_clicks_on_blocks_and_alt_clicks_that_lose_to_clicks():
+    """Blocks A | B | C: a click in B owns B; an Alt-click in C forbids C; an Alt-click in B beside a click in B
+    (equally like both) leaves B to the click."""
+    maps = make_maps({"dog": {2: blocks_map(2, (0,), THREE)}}, split=THREE)
+    lab = block_labels((16, 16), THREE)
+    c = class_clicks(maps, UserPrompt(np.array([[5.0, 8.0]]), np.array([[12.0, 3.0]])), (16, 16), (16, 16), 0)
+    assert torch.equal(c.own, lab == 1) and torch.equal(c.forbidden, lab == 2) and float(c.similarity.max()) == 1.0
+    c = class_clicks(maps, UserPrompt(np.array([[5.0, 8.0]]), np.array([[6.0, 3.0]])), (16, 16), (16, 16), 0)
+    assert torch.equal(c.own, lab == 1) and not c.forbidden.any()
+    cache: dict = {}
+    alone = class_clicks(maps, UserPrompt(negative=np.array([[12.0, 3.0]])), (16, 16), (16, 16), 0, cache=cache)
+    assert alone.own is None and alone.similarity is None and torch.equal(alone.forbidden, lab == 2)
+    assert class_clicks(maps, UserPrompt(negative=np.array([[12.0, 3.0]])), (16, 16), (16, 16), 0, cache=cache) is alone
 
 
 def test_a_box_without_a_click_clicks_its_centre():
@@ -78,11 +89,12 @@ def measured():
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
-    import seediff
+    import seediff.pipeline
 
     torch.set_num_threads(1)
-    pipe = seediff.load_pipeline("builtin:shapes", device="cpu")
-    return bench.click_stats(pipe, bench.two_object_scenes(bench.MULTI_SEED_OFFSET, N_SCENES))
+    loaded = seediff.pipeline.load_model("builtin:shapes", device="cpu")
+    return bench.click_stats(loaded.pipe, bench.two_object_scenes(bench.MULTI_SEED_OFFSET, N_SCENES),
+                             loaded.defaults.config("seediff"))
 
 
 def test_a_click_puts_the_clicked_object_in_the_clicked_label(measured):

@@ -187,14 +187,16 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     @app.post("/setup", dependencies=[Depends(auth)],
               responses={200: {"model": SetupBody}, **_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
     async def setup(req: SetupRequest):
+        project = _project_id(req.project)
         if not req.schema_:
-            raise HTTPException(400, "setup needs the project's labeling config in 'schema'")
+            raise _refused("/setup", project, "setup needs the project's labeling config in 'schema'")
         try:
-            model.check_config(req.schema_)
+            plan = model.check_config(req.schema_)
         except Exception as exc:
-            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+            raise _refused("/setup", project, f"unsupported labeling config: {exc}") from None
+        log.info("/setup project %s: labels %s on <Image name=%r>, answered with %s control(s)", project or "?",
+                 plan.words, plan.to_name, settings.control)
         if req.project is not None:
-            project = _project_id(req.project)
             app.state.configs[project] = req.schema_
             if req.access_token and not settings.ls_api_key:
                 app.state.tokens[project] = req.access_token
@@ -214,11 +216,11 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         project = _project_id(req.project)
         config = req.label_config or app.state.configs.get(project)
         if not config:
-            raise HTTPException(400, "predict needs 'label_config' (or a /setup for this project first)")
+            raise _refused("/predict", project, "predict needs 'label_config' (or a /setup for this project first)")
         try:
             model.check_config(config)
         except Exception as exc:
-            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+            raise _refused("/predict", project, f"unsupported labeling config: {exc}") from None
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
         results = await run_in_threadpool(model.predict, req.tasks, config, context, app.state.tokens.get(project),
                                           arrived + settings.predict_budget)
@@ -250,6 +252,13 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
 
 # Answered without credentials: Label Studio's health probes (1 s, no auth) and the API description.
 _PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+
+
+def _refused(endpoint: str, project: str, reason: str) -> HTTPException:
+    """A 400 for a request the backend cannot serve, logged at WARNING: Label Studio shows only a generic
+    "doesn't look like a valid ML backend", so the backend's log is where the user finds why."""
+    log.warning("%s project %s refused: %s", endpoint, project or "?", reason)
+    return HTTPException(400, reason)
 
 
 def _unauthorized() -> JSONResponse:

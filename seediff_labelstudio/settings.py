@@ -90,6 +90,7 @@ class Settings:
     prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} or {classes} ← "a x and a y"
     seed: int = 0  # SEEDIFF_SEED
     drop_absent: bool = False  # SEEDIFF_DROP_ABSENT: presence test, empty masks for classes decided absent
+    control: str = "polygon"  # SEEDIFF_CONTROL: polygon | brush | both — the control type answers use
     ls_url: str | None = None  # LABEL_STUDIO_URL
     ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -116,6 +117,8 @@ class Settings:
         from seediff.modes import PHOTO_MODES
         from seediff.prompts import DEFAULT_TEMPLATE, check_template
 
+        from .labels import CONTROLS
+
         method = env.get("SEEDIFF_METHOD", "seediff").strip().lower()
         if method not in METHODS:
             raise SettingsError(f"SEEDIFF_METHOD must be one of {sorted(METHODS)}, got {method!r}")
@@ -128,6 +131,9 @@ class Settings:
         except ValueError:
             raise SettingsError("SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{}' (or '{classes}') and no other "
                                 f"braces, got {raw_template!r}") from None
+        control = (env.get("SEEDIFF_CONTROL") or "polygon").strip().lower()
+        if control not in CONTROLS:
+            raise SettingsError(f"SEEDIFF_CONTROL must be one of {', '.join(CONTROLS)}, got {env.get('SEEDIFF_CONTROL')!r}")
         ls_url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
         if ls_url is not None:
             parts = urlsplit(ls_url)
@@ -163,6 +169,7 @@ class Settings:
             prompt_template=template,
             seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
             drop_absent=_bool(env, "SEEDIFF_DROP_ABSENT", False),
+            control=control,
             ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
             allowed_roots=tuple(roots), allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),

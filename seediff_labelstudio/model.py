@@ -10,13 +10,14 @@ import json
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .fetch import Fetcher, FetchError
 from .labels import LabelPlan, label_plan, plan_results
+from .limits import BoundedLRU
 from .preannotate import model_version_for
 from .settings import Settings
 
@@ -46,6 +47,14 @@ def backend_model_version(s: Settings) -> str:
     if not extra:
         return base
     return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _pixels_digest(image) -> bytes:
+    """A digest of an image's pixels, hashed in bands of rows (no second full copy of a large image)."""
+    h = hashlib.blake2b(digest_size=16)
+    for y in range(0, image.height, 256):
+        h.update(image.crop((0, y, image.width, min(image.height, y + 256))).tobytes())
+    return h.digest()
 
 
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
@@ -84,9 +93,10 @@ class SeeDiffModel:
     """The loaded pipeline plus the per-task prediction; GPU work is serialised with a lock.
 
     Memory stays bounded however many requests arrive: at most two tasks hold a decoded image at a time (one
-    in the UNet, one fetched and waiting); the rest wait before fetching. The attention of the last
-    ``SEEDIFF_CACHE_IMAGES`` images is kept (keyed by pixels and prompt), so an annotator's repeated interactive
-    clicks on one task run the UNet once and only the cheap mask step again.
+    in the UNet, one fetched and waiting); the rest wait before fetching. The predictors (image + attention) of
+    the last ``SEEDIFF_CACHE_IMAGES`` images are kept, within ``SEEDIFF_CACHE_BYTES`` in all (keyed by pixels and
+    prompt), so an annotator's repeated interactive clicks on one task run the UNet once and only the cheap mask
+    step again.
     """
 
     HELD_IMAGES = 2
@@ -99,7 +109,8 @@ class SeeDiffModel:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.HELD_IMAGES)
         self._held = 0
-        self._predictors: OrderedDict[tuple, Any] = OrderedDict()  # (pixels digest, prompt) → SeeDiffPredictor
+        # (pixels digest, prompt) → SeeDiffPredictor, bounded by count and by the bytes each holds
+        self._predictors: BoundedLRU = BoundedLRU(settings.cache_images, settings.cache_bytes)
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
         self.model_version = backend_model_version(settings)
@@ -214,23 +225,21 @@ class SeeDiffModel:
             seeds = (points or None) if s.method == "seediff" else None  # points are SeeDiff seeds
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
-            key = (image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest(), prompt)
+            key = (image.size, _pixels_digest(image), prompt)
+            size = (image.width, image.height)
             with self._lock:  # one UNet at a time: GPU memory and CPU threads are shared
                 t2 = time.perf_counter()
-                predictor = self._predictors.pop(key, None)
+                predictor = self._predictors.pop(key)
                 if predictor is None:
                     predictor = SeeDiffPredictor(self.pipe, prompt_template=s.prompt_template)
                     predictor.set_image(image, prompt, mode=s.photo_mode, t=s.timestep, steps=s.steps, seed=s.seed)
                     self._count(unet_reads=1)
-                if s.cache_images:
-                    self._predictors[key] = predictor
-                    while len(self._predictors) > s.cache_images:
-                        self._predictors.popitem(last=False)
+                image = None  # the predictor keeps its own copy: do not hold two while segmenting
                 t3 = time.perf_counter()
                 masks = predictor.predict(classes, points=seeds, boxes=boxes or None, method=s.method,
                                           drop_absent=s.drop_absent)
                 t4 = time.perf_counter()
-            size = (image.width, image.height)
+                self._predictors.put(key, predictor)  # measured with what predict cached; dropped if over the caps
         finally:
             self._hold(-1)
             self._slots.release()

@@ -84,7 +84,7 @@ def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, in
     if h < 1 or w < 1 or native < 1 or multiple < 1:
         raise ValueError(f"sizes must be positive, got photo {w}×{h}, native {native}, multiple {multiple}")
     if max(h, w) > MAX_ASPECT * min(h, w):
-        raise ValueError(f"the photo is {w}×{h} pixels, an aspect ratio of {max(h, w) / min(h, w):.4g}:1; photos up "
+        raise ValueError(f"the photo is {w}×{h} pixels, an aspect ratio of {max(h, w) / min(h, w):.1f}:1; photos up "
                          f"to {MAX_ASPECT}:1 are read (a thinner strip gives the model nothing to segment): crop it "
                          "or pad it to a less extreme aspect ratio")
     scale = native / math.sqrt(h * w)

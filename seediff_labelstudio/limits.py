@@ -14,7 +14,7 @@ from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["BoundedLRU", "held_bytes", "parse_json", "TooManyValues"]
+__all__ = ["BoundedLRU", "held_bytes", "parse_json", "TooManyValues", "segment_bytes"]
 
 V = TypeVar("V")
 
@@ -160,3 +160,11 @@ def parse_json(body: bytes, max_values: int) -> Any:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def segment_bytes(size: tuple[int, int], classes: int) -> int:
+    """Bytes one task needs to be segmented at its full size: per pixel, the class stack resized to the photo
+    (4·(classes+1), fp32), the label map (8, int64), the masks (classes, bool) and the two RGB copies the
+    predictor keeps (6), plus 3 for the fetched RGB image. Measured on builtin:shapes (bench/hostile.py)."""
+    w, h = size
+    return w * h * (4 * (classes + 1) + 8 + classes + 9)

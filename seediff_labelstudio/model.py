@@ -17,7 +17,7 @@ import numpy as np
 
 from .fetch import Fetcher, FetchError
 from .labels import LabelPlan, label_plan, plan_results
-from .limits import BoundedLRU
+from .limits import BoundedLRU, segment_bytes
 from .preannotate import model_version_for
 from .settings import Settings
 
@@ -225,6 +225,11 @@ class SeeDiffModel:
             seeds = (points or None) if s.method == "seediff" else None  # points are SeeDiff seeds
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
+            need = segment_bytes(image.size, len(classes))
+            if need > s.max_task_bytes:
+                raise ValueError(f"a {image.width}×{image.height} image with {len(classes)} class words needs about "
+                                 f"{need >> 20} MiB to segment at full size, over SEEDIFF_MAX_TASK_BYTES "
+                                 f"({s.max_task_bytes >> 20} MiB)")
             key = (image.size, _pixels_digest(image), prompt)
             size = (image.width, image.height)
             with self._lock:  # one UNet at a time: GPU memory and CPU threads are shared

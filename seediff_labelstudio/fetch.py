@@ -297,18 +297,18 @@ class Fetcher:
             raise FetchError(f"image is over the {self.settings.max_image_pixels}-pixel cap ({exc})") from None
         except Exception:
             raise FetchError(f"the file is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
-        with im:
-            w, h = im.size
-            if w * h > self.settings.max_image_pixels:
-                raise FetchError(f"image is {w}×{h} = {w * h} pixels, over the {self.settings.max_image_pixels}-pixel cap")
-            try:
-                im.load()
-                out = rgb_image(ImageOps.exif_transpose(im))
-            except ValueError as exc:  # a mode with no scale to assume
-                raise FetchError(str(exc)) from None
-            except Exception as exc:
-                raise FetchError(f"the image could not be decoded: {type(exc).__name__}") from None
-        return out
+        w, h = im.size
+        if w * h > self.settings.max_image_pixels:
+            im.close()
+            raise FetchError(f"image is {w}×{h} = {w * h} pixels, over the {self.settings.max_image_pixels}-pixel cap")
+        try:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # in place: no second copy of a large image
+            return rgb_image(im)
+        except ValueError as exc:  # a mode with no scale to assume
+            raise FetchError(str(exc)) from None
+        except Exception as exc:
+            raise FetchError(f"the image could not be decoded: {type(exc).__name__}") from None
 
 
 def _redact(url: str) -> str:

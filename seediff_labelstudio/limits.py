@@ -122,6 +122,12 @@ class BoundedLRU(Generic[V]):
                 self._bytes -= self._data.popitem(last=False)[1][1]
             return True
 
+    def trim(self, max_bytes: int) -> None:
+        """Evict least recent entries until at most ``max_bytes`` are held (room for a task about to run)."""
+        with self._lock:
+            while self._data and self._bytes > max(0, max_bytes):
+                self._bytes -= self._data.popitem(last=False)[1][1]
+
     @property
     def nbytes(self) -> int:
         """Bytes of the stored values (as ``size`` measured them)."""
@@ -163,8 +169,8 @@ def parse_json(body: bytes, max_values: int) -> Any:
 
 
 def segment_bytes(size: tuple[int, int], classes: int) -> int:
-    """Bytes one task needs to be segmented at its full size: per pixel, the class stack resized to the photo
-    (4·(classes+1), fp32), the label map (8, int64), the masks (classes, bool) and the two RGB copies the
-    predictor keeps (6), plus 3 for the fetched RGB image. Measured on builtin:shapes (bench/hostile.py)."""
+    """Bytes one task needs to be read and segmented at its full size, predictor copies and transients included:
+    (8·classes + 24) per pixel. Measured on builtin:shapes with bench/hostile.py (peak RSS growth per pixel of a
+    3000×3000 task: 1 class ≈ 30, 2 ≈ 37, 5 ≈ 61; the class stack resized to the photo dominates)."""
     w, h = size
-    return w * h * (4 * (classes + 1) + 8 + classes + 9)
+    return w * h * (8 * classes + 24)

@@ -230,6 +230,7 @@ class SeeDiffModel:
                 raise ValueError(f"a {image.width}×{image.height} image with {len(classes)} class words needs about "
                                  f"{need >> 20} MiB to segment at full size, over SEEDIFF_MAX_TASK_BYTES "
                                  f"({s.max_task_bytes >> 20} MiB)")
+            self._predictors.trim(s.max_task_bytes - need)  # cached predictors + this task stay within the budget
             key = (image.size, _pixels_digest(image), prompt)
             size = (image.width, image.height)
             with self._lock:  # one UNet at a time: GPU memory and CPU threads are shared

@@ -12,7 +12,7 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def rgb_image(im: Image.Image) -> Image.Image:
-    """An 8-bit RGB copy of a decoded image, each mode scaled to what it means.
+    """A decoded image as 8-bit RGB (``im`` itself if it already is), each mode scaled to what it means.
 
     16-bit grey (I;16*, and I: how 16-bit PNG/TIFF open) → ÷257; float (F) in [0, 1] → ×255; transparency (LA,
     RGBA, PA, P with a transparent index) composited over white, as Label Studio shows it on its white canvas;
@@ -21,7 +21,7 @@ def rgb_image(im: Image.Image) -> Image.Image:
     """
     mode = im.mode
     if mode == "RGB":
-        return im.copy()
+        return im
     if mode in _SIXTEEN_BIT or mode == "I":
         a = np.asarray(im)
         if mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):

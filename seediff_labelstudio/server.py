@@ -144,7 +144,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     # project → ProjectState (config; access_token from /setup, used if LABEL_STUDIO_API_KEY is unset), bounded
     app.state.projects = BoundedLRU(settings.max_projects, settings.project_state_bytes)
     plans = BoundedLRU(64, 16 * settings.max_config_bytes, size=lambda _: 0)  # config digest → checked (no text kept)
-    parser = ThreadPoolExecutor(2, thread_name_prefix="seediff-config")  # configs and tokens off the event loop
+    parser = ThreadPoolExecutor(1, thread_name_prefix="seediff-config")  # configs, tokens: off the loop, one at a time
     basic = HTTPBasic(auto_error=False)
     body_cap = settings.max_body_bytes
     setup_cap = min(body_cap, settings.max_config_bytes + 64 * 1024)  # the config plus the other fields

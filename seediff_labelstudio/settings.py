@@ -104,10 +104,10 @@ class Settings:
     max_tasks_per_request: int = 10_000  # SEEDIFF_MAX_TASKS
     cache_images: int = 4  # SEEDIFF_CACHE_IMAGES: images whose attention is kept for repeated queries (0: none)
     cache_bytes: int = 256 * 2**20  # SEEDIFF_CACHE_BYTES: bytes those cached images + attention may hold in all
-    max_task_bytes: int = 800 * 2**20  # SEEDIFF_MAX_TASK_BYTES one task may need to segment (limits.segment_bytes)
+    max_task_bytes: int = 640 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
     max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body (bytes read, chunked or not)
     max_json_values: int = 2_000_000  # SEEDIFF_MAX_JSON_VALUES in a request body (bounds its parse time, memory)
-    max_config_bytes: int = 2**20  # SEEDIFF_MAX_CONFIG_BYTES of a labeling config (/setup, /predict)
+    max_config_bytes: int = 256 * 2**10  # SEEDIFF_MAX_CONFIG_BYTES of a labeling config (/setup, /predict)
     max_projects: int = 1000  # SEEDIFF_MAX_PROJECTS whose /setup config and token are kept (least recent dropped)
     project_state_bytes: int = 64 * 2**20  # SEEDIFF_PROJECT_STATE_BYTES: bytes of those configs and tokens in all
     host: str = "0.0.0.0"  # SEEDIFF_HOST
@@ -182,10 +182,10 @@ class Settings:
             max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 10_000),
             cache_images=_int(env, "SEEDIFF_CACHE_IMAGES", 4, lo=0),
             cache_bytes=_int(env, "SEEDIFF_CACHE_BYTES", 256 * 2**20, lo=0),
-            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 800 * 2**20),
+            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 640 * 2**20),
             max_body_bytes=_int(env, "SEEDIFF_MAX_BODY_BYTES", 64 * 2**20),
             max_json_values=_int(env, "SEEDIFF_MAX_JSON_VALUES", 2_000_000),
-            max_config_bytes=_int(env, "SEEDIFF_MAX_CONFIG_BYTES", 2**20),
+            max_config_bytes=_int(env, "SEEDIFF_MAX_CONFIG_BYTES", 256 * 2**10),
             max_projects=_int(env, "SEEDIFF_MAX_PROJECTS", 1000),
             project_state_bytes=_int(env, "SEEDIFF_PROJECT_STATE_BYTES", 64 * 2**20),
             host=env.get("SEEDIFF_HOST") or "0.0.0.0",

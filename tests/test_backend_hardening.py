@@ -123,8 +123,8 @@ def test_a_task_too_big_to_segment_is_refused_with_its_size(tmp_path, tiny_pipe,
     m.pipe = tiny_pipe
     with caplog.at_level(logging.WARNING, logger="seediff_labelstudio"):
         assert m.predict([{"id": 3, "data": {"image": str(tmp_path / "wide.png")}}], BOTH) == [[]]
-    assert segment_bytes((400, 300), 2) == 400 * 300 * 31
-    assert "a 400×300 image with 2 class words needs about 3 MiB to segment at full size, over " \
+    assert segment_bytes((400, 300), 2) == 400 * 300 * 40
+    assert "a 400×300 image with 2 class words needs about 4 MiB to segment at full size, over " \
            "SEEDIFF_MAX_TASK_BYTES (0 MiB)" in caplog.text
 
 

@@ -288,7 +288,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
         results = await run_in_threadpool(model.predict, req.tasks, config, context, state.token,
                                           arrived + settings.predict_budget)
-        model._count(requests=1, request_s=time.monotonic() - arrived)
+        model.count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
     # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
@@ -304,15 +304,14 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         except ValueError:
             raise HTTPException(400, "webhook body must be JSON") from None
         action = body.get("action") if isinstance(body, dict) else None
-        model._count(webhooks=1)
+        model.count(webhooks=1)
         log.info("webhook %s (seediff does not train; acknowledged)", action)
         return {"status": "ok", "action": action}
 
     @app.get("/metrics", dependencies=[Depends(auth)],
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})
     async def metrics():
-        with model._metrics_lock:
-            return {"model_version": model.model_version if model.ready else None, **dict(model.metrics)}
+        return {"model_version": model.model_version if model.ready else None, **model.metrics_snapshot()}
 
     return app
 

@@ -29,6 +29,14 @@ from seediff_labelstudio.settings import Settings
 AUTH = ("annotator", "s3cret-pass")
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tiny_pipe_path):
+    """The tiny pipeline as the backend loads it (a LoadedModel: pipeline + its defaults), once per module."""
+    from seediff.pipeline import load_model
+
+    return load_model(tiny_pipe_path, device="cpu")
+
+
 @pytest.fixture()
 def hostile():
     host = HostileHost()
@@ -83,7 +91,7 @@ def test_a_dripping_server_cannot_hold_a_fetch_past_its_timeout(hostile, how):
     assert 1.4 < took < 2.5, took  # per-read timeouts (1.5 s each) would never fire against a 0.3 s drip
 
 
-def test_control_characters_and_huge_references_are_one_line_reasons(caplog, tiny_pipe):
+def test_control_characters_and_huge_references_are_one_line_reasons(caplog, tiny_model):
     f = _fetcher()
     for ref, msg in [("http://127.0.0.1:9/a\tb.png", r"control character '\\t' at position 20"),
                      ("http://127.0.0.1:9/a.png\r\nX-Evil: 1", r"control character '\\r'"),
@@ -91,7 +99,7 @@ def test_control_characters_and_huge_references_are_one_line_reasons(caplog, tin
         with pytest.raises(FetchError, match=msg):
             f.fetch(ref)
     m = SeeDiffModel(Settings.from_env({"SEEDIFF_ALLOWED_PRIVATE_HOSTS": "127.0.0.1"}))
-    m.pipe = tiny_pipe
+    m.loaded = tiny_model
     with caplog.at_level(logging.WARNING, logger="seediff_labelstudio"):
         out = m.predict([{"id": 7, "data": {"image": "http://127.0.0.1:9/a\tb.png"}},
                          {"id": 8, "data": {"image": "http://127.0.0.1:9/?" + "q" * 200_000}}], BOTH)
@@ -116,11 +124,11 @@ def test_model_input_area_is_capped_and_extreme_aspects_refused(tiny_pipe):
         read_photo(tiny_pipe, Image.new("RGB", (20000, 1)), "a dog")  # refused before the VAE sees it
 
 
-def test_a_task_too_big_to_segment_is_refused_with_its_size(tmp_path, tiny_pipe, caplog):
+def test_a_task_too_big_to_segment_is_refused_with_its_size(tmp_path, tiny_model, caplog):
     png(tmp_path / "wide.png", 400, 300)
     s = Settings.from_env({"SEEDIFF_ALLOWED_ROOTS": str(tmp_path), "SEEDIFF_MAX_TASK_BYTES": "1000000"})
     m = SeeDiffModel(s)
-    m.pipe = tiny_pipe
+    m.loaded = tiny_model
     with caplog.at_level(logging.WARNING, logger="seediff_labelstudio"):
         assert m.predict([{"id": 3, "data": {"image": str(tmp_path / "wide.png")}}], BOTH) == [[]]
     assert segment_bytes((400, 300), 2) == 400 * 300 * 40
@@ -128,13 +136,13 @@ def test_a_task_too_big_to_segment_is_refused_with_its_size(tmp_path, tiny_pipe,
            "SEEDIFF_MAX_TASK_BYTES (0 MiB)" in caplog.text
 
 
-def test_attention_cache_respects_its_byte_bound(tmp_path, tiny_pipe):
+def test_attention_cache_respects_its_byte_bound(tmp_path, tiny_model):
     for i in range(4):
         png(tmp_path / f"{i}.png", 120, 90, seed=i)
     s = Settings.from_env({"SEEDIFF_ALLOWED_ROOTS": str(tmp_path), "SEEDIFF_CACHE_IMAGES": "4",
                            "SEEDIFF_CACHE_BYTES": str(2_500_000)})
     m = SeeDiffModel(s)
-    m.pipe = tiny_pipe
+    m.loaded = tiny_model
     sizes = []
     for i in range(4):
         assert m.predict([{"id": i, "data": {"image": str(tmp_path / f"{i}.png")}}], BOTH)[0]["result"] is not None
@@ -190,14 +198,14 @@ def test_16_bit_and_other_modes_are_scaled_or_refused(tmp_path):
 
 # ---- 3. the request loop: bodies, configs, project state, tokens, /health --------------------------------
 @pytest.fixture(scope="module")
-def loaded(tiny_pipe):
-    return tiny_pipe
+def loaded(tiny_model):
+    return tiny_model
 
 
 def _app(pipe, **env):
     s = Settings.from_env({"SEEDIFF_DEVICE": "cpu", **{k: str(v) for k, v in env.items()}})
     m = SeeDiffModel(s)
-    m.pipe = pipe
+    m.loaded = pipe
     return TestClient(create_app(s, m)), m
 
 

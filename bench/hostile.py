@@ -187,7 +187,8 @@ def attacks(url: str, root: Path, host: HostileHost, fetch_timeout: float) -> li
         ("Content-Encoding: gzip (1 GiB inflated)", lambda: _outcome(_predict(url, [f"{host.url}/gzip1.png"]))),
         ("headers dripped 1 byte/s", drip),
         ("/setup, 250 KiB config of 11000 labels × 3 at once", lambda: configs(3, heavy)),
-        ("/setup, 8.3 MB config", lambda: configs(1, CONFIG.replace("</View>", "<!--" + "z" * 8_300_000 + "--></View>"))),
+        ("/setup, 8.3 MB config",
+         lambda: configs(1, CONFIG.replace("</View>", "<!--" + "z" * 8_300_000 + "--></View>"))),
         ("/predict, 100 MiB chunked body", chunked),
         ("/predict, 63 MiB JSON of empty lists", many_values),
         ("/predict, JSON of 1.9 M values (under SEEDIFF_MAX_JSON_VALUES)", lambda: many_values(950_000)),
@@ -241,7 +242,8 @@ def main() -> None:
             if "calibration" in name:
                 extra["bytes_per_pixel"] = round((peak - before) * 2**20 / 9e6, 1)
                 out += f", {extra['bytes_per_pixel']} bytes/pixel"
-            row = {"attack": name, "outcome": out, "wall_s": round(wall, 2), "peak_rss_mib": peak, "rss_before_mib": before,
+            row = {"attack": name, "outcome": out, "wall_s": round(wall, 2), "peak_rss_mib": peak,
+                   "rss_before_mib": before,
                    "rss_after_mib": _status(proc.pid, "VmRSS"), "health_worst_s": round(probe.worst, 3),
                    "health_probes": probe.count, "health_over_1s": probe.misses, **extra}
             rows.append(row)
@@ -259,7 +261,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     lines = ["## Hostile inputs (issue 16)", "",
-             f"`python bench/hostile.py --out bench/results/hostile.md` — {result['machine']}, builtin:shapes on CPU, "
+             f"`python bench/hostile.py --out bench/results/hostile.md` — {result['machine']}, "
+             "builtin:shapes on CPU, "
              f"SEEDIFF_FETCH_TIMEOUT={args.fetch_timeout:g} s, other settings at their defaults. Backend RSS after "
              f"start: {base} MiB. Peak RSS is the process's VmHWM, reset before each attack; /health is asked every "
              "50 ms throughout (Label Studio waits 1 s).", "",

@@ -244,7 +244,8 @@ class Fetcher:
                                 raise FetchError(f"too many redirects fetching {_redact(url)}")
                             url = urljoin(url, resp.headers.get("location", ""))
                             continue
-                        if resp.status_code == 401 and is_ls and not renewed and "Bearer" in headers.get("Authorization", ""):
+                        bearer = "Bearer" in headers.get("Authorization", "")
+                        if resp.status_code == 401 and is_ls and not renewed and bearer:
                             renewed = True  # the cached access token may have expired early: exchange once more
                             continue
                         if resp.status_code != 200:

@@ -26,6 +26,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 
 from .limits import BoundedLRU, TooManyValues, parse_json
@@ -130,6 +131,12 @@ class ProjectState:
     token: str | None = dataclasses.field(default=None, repr=False)
 
 
+# A body's byte cap per route kind (/setup: the config cap plus room for the other fields), and its settings.
+_BODY_CAPS = {SetupRequest: lambda s: min(s.max_body_bytes, s.max_config_bytes + 64 * 1024),
+              PredictRequest: lambda s: s.max_body_bytes}
+_BODY_CAP_NAMES = {SetupRequest: "SEEDIFF_MAX_CONFIG_BYTES + 64 KiB", PredictRequest: "SEEDIFF_MAX_BODY_BYTES"}
+
+
 def _body_spec(model: type[BaseModel]) -> dict:
     """The OpenAPI requestBody of a route that parses its JSON body itself (bounded, see ``_parse``)."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
@@ -147,7 +154,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     parser = ThreadPoolExecutor(1, thread_name_prefix="seediff-config")  # configs, tokens: off the loop, one at a time
     basic = HTTPBasic(auto_error=False)
     body_cap = settings.max_body_bytes
-    setup_cap = min(body_cap, settings.max_config_bytes + 64 * 1024)  # the config plus the other fields
+    setup_cap = _BODY_CAPS[SetupRequest](settings)
 
     def authorized(header: str | None) -> bool:
         """The request's ``Authorization`` header carries the configured basic-auth pair (or none is configured)."""
@@ -171,9 +178,10 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         if request.url.path not in _PUBLIC_PATHS and not authorized(request.headers.get("authorization")):
             return _unauthorized()
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes (SEEDIFF_MAX_BODY_BYTES)"},
-                                status_code=413)
+        kind = SetupRequest if request.url.path == "/setup" else PredictRequest
+        if declared and declared.isdigit() and int(declared) > _BODY_CAPS[kind](settings):
+            return JSONResponse({"detail": f"request body over {_BODY_CAPS[kind](settings)} bytes "
+                                           f"({_BODY_CAP_NAMES[kind]})"}, status_code=413)
         return await call_next(request)
 
     async def auth(request: Request, _: HTTPBasicCredentials | None = Depends(basic)) -> None:
@@ -196,7 +204,13 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     async def parse(request: Request, kind: type[BaseModel]) -> Any:
         """The request's JSON body as ``kind``: bytes capped as read (the route's max_body_size, chunked or not),
         values capped before parsing, and malformed input a 422 as FastAPI would answer it."""
-        body = await request.body()
+        try:
+            body = await request.body()
+        except StarletteHTTPException as exc:  # the route's max_body_size, counted on the bytes read
+            if exc.status_code != 413:
+                raise
+            raise HTTPException(413, f"request body over {_BODY_CAPS[kind](settings)} bytes "
+                                     f"({_BODY_CAP_NAMES[kind]})") from None
         try:
             data = parse_json(body, settings.max_json_values)
         except TooManyValues as exc:

@@ -260,8 +260,7 @@ def main() -> None:
               "log_tail": (tmp / "backend.log").read_text()[-4000:]}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    lines = ["## Hostile inputs (issue 16)", "",
-             f"`python bench/hostile.py --out bench/results/hostile.md` — {result['machine']}, "
+    lines = [f"`python bench/hostile.py --out bench/results/hostile.md` — {result['machine']}, "
              "builtin:shapes on CPU, "
              f"SEEDIFF_FETCH_TIMEOUT={args.fetch_timeout:g} s, other settings at their defaults. Backend RSS after "
              f"start: {base} MiB. Peak RSS is the process's VmHWM, reset before each attack; /health is asked every "

@@ -26,8 +26,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .limits import BoundedLRU, TooManyValues, parse_json
 from .model import SeeDiffModel
@@ -138,7 +138,7 @@ _BODY_CAP_NAMES = {SetupRequest: "SEEDIFF_MAX_CONFIG_BYTES + 64 KiB", PredictReq
 
 
 def _body_spec(model: type[BaseModel]) -> dict:
-    """The OpenAPI requestBody of a route that parses its JSON body itself (bounded, see ``_parse``)."""
+    """The OpenAPI requestBody of a route that parses its JSON body itself (bounded: ``parse`` in create_app)."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
@@ -150,7 +150,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     app.state.model = model
     # project → ProjectState (config; access_token from /setup, used if LABEL_STUDIO_API_KEY is unset), bounded
     app.state.projects = BoundedLRU(settings.max_projects, settings.project_state_bytes)
-    plans = BoundedLRU(64, 16 * settings.max_config_bytes, size=lambda _: 0)  # config digest → checked (no text kept)
+    plans = BoundedLRU(256, 256 * 32, size=lambda _: 32)  # digests of configs already checked (no text kept)
     parser = ThreadPoolExecutor(1, thread_name_prefix="seediff-config")  # configs, tokens: off the loop, one at a time
     basic = HTTPBasic(auto_error=False)
     body_cap = settings.max_body_bytes

@@ -9,11 +9,12 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 from .fetch import Fetcher, FetchError
 from .labels import LabelPlan, label_plan
+from .limits import BoundedLRU, segment_bytes
 from .predict import PredictOptions, read_photo_for, task_masks, task_prediction
 from .settings import Settings
 
@@ -33,6 +34,14 @@ def _negative(region: Mapping[str, Any], value: Mapping[str, Any]) -> bool:
     place), else in its value; false, 0 and "false" count as negative, anything else (or nothing) as positive."""
     flag = region["is_positive"] if "is_positive" in region else value.get("is_positive", True)
     return flag is False or flag == 0 or (isinstance(flag, str) and flag.strip().lower() in ("false", "0"))
+
+
+def _pixels_digest(image) -> bytes:
+    """A digest of an image's pixels, hashed in bands of rows (no second full copy of a large image)."""
+    h = hashlib.blake2b(digest_size=16)
+    for y in range(0, image.height, 256):
+        h.update(image.crop((0, y, image.width, min(image.height, y + 256))).tobytes())
+    return h.digest()
 
 
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
@@ -93,9 +102,10 @@ class SeeDiffModel:
     """The loaded pipeline plus the per-task prediction; GPU work is serialised with a lock.
 
     Memory stays bounded however many requests arrive: at most two tasks hold a decoded image at a time (one
-    in the UNet, one fetched and waiting); the rest wait before fetching. The attention of the last
-    ``SEEDIFF_CACHE_IMAGES`` images is kept (keyed by pixels and prompt), so an annotator's repeated interactive
-    clicks on one task run the UNet once and only the cheap mask step again.
+    in the UNet, one fetched and waiting); the rest wait before fetching. The predictors (image + attention) of
+    the last ``SEEDIFF_CACHE_IMAGES`` images are kept, within ``SEEDIFF_CACHE_BYTES`` in all (keyed by pixels and
+    prompt), so an annotator's repeated interactive clicks on one task run the UNet once and only the cheap mask
+    step again.
     """
 
     HELD_IMAGES = 2
@@ -109,7 +119,8 @@ class SeeDiffModel:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.HELD_IMAGES)
         self._held = 0
-        self._predictors: OrderedDict[tuple, Any] = OrderedDict()  # (pixels digest, prompt) → SeeDiffPredictor
+        # (pixels digest, prompt) → SeeDiffPredictor, bounded by count and by the bytes each holds
+        self._predictors: BoundedLRU = BoundedLRU(settings.cache_images, settings.cache_bytes)
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
         self.model_version = self.options.model_version
@@ -235,21 +246,25 @@ class SeeDiffModel:
             points, boxes = context_seeds(context, plan, (image.width, image.height))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
-            key = (image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest(), prompt)
+            need = segment_bytes(image.size, len(classes))
+            if need > s.max_task_bytes:
+                raise ValueError(f"a {image.width}×{image.height} image with {len(classes)} class words needs about "
+                                 f"{need >> 20} MiB to segment at full size, over SEEDIFF_MAX_TASK_BYTES "
+                                 f"({s.max_task_bytes >> 20} MiB)")
+            self._predictors.trim(s.max_task_bytes - need)  # cached predictors + this task stay within the budget
+            key = (image.size, _pixels_digest(image), prompt)
+            size = (image.width, image.height)
             with self._lock:  # one UNet at a time: GPU memory and CPU threads are shared
                 t2 = time.perf_counter()
-                predictor = self._predictors.pop(key, None)
+                predictor = self._predictors.pop(key)
                 if predictor is None:
                     predictor = read_photo_for(self.loaded, image, classes, options)
                     self.count(unet_reads=1)
-                if s.cache_images:
-                    self._predictors[key] = predictor
-                    while len(self._predictors) > s.cache_images:
-                        self._predictors.popitem(last=False)
+                image = None  # the predictor keeps its own copy: do not hold two while segmenting
                 t3 = time.perf_counter()
                 masks = task_masks(predictor, classes, options, points, boxes)
                 t4 = time.perf_counter()
-            size = (image.width, image.height)
+                self._predictors.put(key, predictor)  # measured with what predict cached; dropped if over the caps
         finally:
             self._hold(-1)
             self._slots.release()

@@ -158,7 +158,8 @@ def loo_errors(pipe, image, prompts: Sequence[str], t: int = 100, seed: int = 0,
                ) -> np.ndarray:
     """``[len(prompts)]`` squared noise-prediction errors of the photo noised at ``t`` with the read's own noise
     (``seed``, drawn as ``read_photo`` draws it), one batched UNet call with a row per prompt ('' allowed)."""
-    from .modes import as_rgb, embed_prompts, encode_photo, input_size
+    from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
+    from .modes import as_rgb, encode_photo, input_size
 
     n_train = int(pipe.scheduler.config.num_train_timesteps)
     if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < n_train:
@@ -166,12 +167,14 @@ def loo_errors(pipe, image, prompts: Sequence[str], t: int = 100, seed: int = 0,
     if not prompts or any(not isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
     rgb = as_rgb(image)
-    latents = encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width), resolution))
+    size = input_size(pipe, (rgb.height, rgb.width), resolution)
+    latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     ts = torch.tensor([t], device=latents.device)
-    x = pipe.scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
-    eps = pipe.unet(x, ts, encoder_hidden_states=embed_prompts(pipe, list(prompts))).sample
+    scheduler = noise_scheduler(pipe)
+    x = scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
+    eps = predicted_noise(scheduler, pipe.unet(x, ts, **unet_conditioning(pipe, list(prompts), size)).sample, x, ts)
     return ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy().astype(np.float64)
 
 

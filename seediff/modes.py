@@ -19,10 +19,11 @@ import torch
 from PIL import Image, ImageOps
 
 from .capture import AttentionMaps, CaptureConfig, trace
+from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
 from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "embed_prompts",
-           "PHOTO_MODES"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES",
+           "MAX_ASPECT"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -52,12 +53,34 @@ def _size_multiple(pipe) -> int:
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
+MAX_ASPECT = 16  # longest side : shortest side of a photo that is read (beyond it: refused, see photo_size)
+
+
 def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, int]:
-    """(H', W') with the photo's aspect, area ≈ native², each side a positive multiple of ``multiple``."""
-    h, w = hw
+    """(H', W') with the photo's aspect, area ≈ native², each side a positive multiple of ``multiple``.
+
+    The model's input stays bounded whatever the photo: H'·W' ≤ (native + multiple)² (the long side is shortened
+    by whole multiples if rounding the short side up would exceed it), so the self-attention recorded, which grows
+    with the square of the input's area, is bounded too. A photo whose aspect is over ``MAX_ASPECT``:1 is refused
+    (ValueError): read at that bound its short side would be under a quarter of ``native``, a strip the model's
+    coarsest attention levels see as one or two cells, so the masks would carry no information.
+    """
+    h, w = (int(x) for x in hw)
+    if h < 1 or w < 1 or native < 1 or multiple < 1:
+        raise ValueError(f"sizes must be positive, got photo {w}×{h}, native {native}, multiple {multiple}")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ValueError(f"the photo is {w}×{h} pixels, an aspect ratio of {max(h, w) / min(h, w):.1f}:1; photos up "
+                         f"to {MAX_ASPECT}:1 are read (a thinner strip gives the model nothing to segment): crop it "
+                         "or pad it to a less extreme aspect ratio")
     scale = native / math.sqrt(h * w)
     H = max(multiple, int(round(h * scale / multiple)) * multiple)
     W = max(multiple, int(round(w * scale / multiple)) * multiple)
+    cap = (native + multiple) ** 2
+    while H * W > cap:  # only when the short side was rounded up to one multiple: shorten the long side
+        if H >= W:
+            H -= multiple
+        else:
+            W -= multiple
     return H, W
 
 
@@ -79,7 +102,8 @@ def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
 
 @torch.no_grad()
 def input_size(pipe, hw: tuple[int, int], resolution: int | None = None) -> tuple[int, int]:
-    """The size a photo of ``hw`` is fed to the model at: its aspect, area ≈ ``resolution``² (default: native)."""
+    """The size a photo of ``hw`` is fed to the model at: its aspect, area ≈ ``resolution``² (default: native),
+    never over (``resolution`` + the size multiple)²; ValueError for an aspect over ``MAX_ASPECT``:1 (photo_size)."""
     native = resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     return photo_size(hw, native, _size_multiple(pipe))
 
@@ -88,15 +112,17 @@ def encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
     H, W = size
     x = np.asarray(rgb.resize((W, H), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
-    x = torch.from_numpy(x).permute(2, 0, 1)[None].to(pipe.device, pipe.vae.dtype)
-    posterior = pipe.vae.encode(x).latent_dist
-    return posterior.mean * pipe.vae.config.scaling_factor
-
-
-def embed_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Conditional text embeddings (no negative prompt: photo modes run without guidance)."""
-    emb, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
-    return emb
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:  # SDXL's VAE overflows in fp16 (diffusers' pipelines upcast it the same way)
+        vae.to(torch.float32)
+    try:
+        x = torch.from_numpy(x).permute(2, 0, 1)[None].to(pipe.device, vae.dtype)
+        latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return latents.to(pipe.unet.dtype)
 
 
 @torch.no_grad()
@@ -155,7 +181,7 @@ def read_photo(
     mode ``maps.meta['noise_errors']`` holds each prompt's squared noise-prediction error (the presence evidence
     of :mod:`seediff.evidence`).
     """
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers import DDIMInverseScheduler
 
     if mode not in PHOTO_MODES:
         raise ValueError(f"mode must be one of {PHOTO_MODES}, got {mode!r}")
@@ -173,7 +199,7 @@ def read_photo(
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     latents, noise = (v.expand(len(prompts), -1, -1, -1) for v in (latents, noise))
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = noise_scheduler(pipe)  # DDIM with the model's schedule and prediction_type; step() converts v/x0
     capture = dataclasses.replace(capture or CaptureConfig(), t_window=(0.0, 1.0))
 
     n_steps = max(steps, int(round(steps / strength)))
@@ -183,22 +209,23 @@ def read_photo(
     if mode == "denoise":
         start = scheduler.add_noise(latents, noise, run[0].reshape(1))
     elif mode == "invert":  # inversion passes run outside the trace: only the denoise back is recorded
-        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
         inverse.set_timesteps(n_steps, device=latents.device)
-        start = _invert(pipe, inverse, latents, embed_prompts(pipe, prompts), run)
+        start = _invert(pipe, scheduler, inverse, latents, unet_conditioning(pipe, prompts, size), run)
 
     with trace(pipe, capture, cfg=False) as maps:
-        emb = embed_prompts(pipe, prompts)
+        cond = unet_conditioning(pipe, prompts, size)  # inside the trace: the prompt's tokens are recorded
         if mode == "noise":
             ts = torch.tensor([t], device=latents.device)
-            eps = pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb).sample
+            x_t = scheduler.add_noise(latents, noise, ts)
+            eps = predicted_noise(scheduler, pipe.unet(x_t, ts, **cond).sample, x_t, ts)
             errors = ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().tolist()
             timesteps = [t]
         else:
             x = start
-            for s in run:
-                eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
-                x = scheduler.step(eps, s, x).prev_sample
+            for s in run:  # the scheduler reads the output as its prediction_type says (epsilon, v, sample)
+                out = pipe.unet(x, s, **cond).sample
+                x = scheduler.step(out, s, x).prev_sample
             timesteps = [int(s) for s in run]
     maps.meta["final_latents"] = x if mode != "noise" else None
     maps.meta["noise_errors"] = errors if mode == "noise" else None
@@ -210,11 +237,16 @@ def read_photo(
     return Traced([rgb] * len(prompts), maps)
 
 
-def _invert(pipe, inverse, latents: torch.Tensor, emb: torch.Tensor, run: list[torch.Tensor]) -> torch.Tensor:
-    """DDIM-invert clean latents up to the first timestep of ``run`` (ascending through ``run`` reversed)."""
+def _invert(pipe, scheduler, inverse, latents: torch.Tensor, cond: dict, run: list[torch.Tensor]) -> torch.Tensor:
+    """DDIM-invert clean latents up to the first timestep of ``run`` (ascending through ``run`` reversed).
+
+    ``cond``: the UNet's conditioning kwargs (:func:`seediff.conditioning.unet_conditioning`). The UNet runs at
+    the target timestep s on the latent of s − T/N, so its output is turned into noise here, at s (the timestep
+    it was given; ``scheduler`` carries the model's prediction_type), and ``inverse`` takes ε: diffusers'
+    inverse step would convert v or x₀ at s − T/N instead."""
     x = latents
     # The inverse scheduler steps t − T/N → t on the same grid as the denoise that follows (same N).
     for s in reversed(run):
-        eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
+        eps = predicted_noise(scheduler, pipe.unet(x, s, **cond).sample, x, s)
         x = inverse.step(eps, s, x).prev_sample
     return x

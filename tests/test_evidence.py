@@ -141,3 +141,26 @@ def test_read_photo_with_several_prompts_matches_single_reads(model):
         assert got.token_ids == one.token_ids and got.image is not None
         for name in one.cross:
             np.testing.assert_allclose(got.cross[name].numpy(), one.cross[name].numpy(), atol=1e-4)
+
+
+def test_cli_annotate_presence_switch(tmp_path):
+    """`seediff annotate` decides presence by default (absent shapes get no annotation); --no-presence annotates
+    every class."""
+    from typer.testing import CliRunner
+
+    from seediff.cli import app
+    from seediff.coco import read_coco
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+    for seed in (100_000, 100_001, 100_002):
+        Image.fromarray(make_scene(seed, n_objects=1).image).save(photos / f"s{seed}.png")
+    counts = {}
+    for flag in ("--presence", "--no-presence"):
+        out = tmp_path / f"{flag}.json"
+        r = CliRunner().invoke(app, ["annotate", str(photos), "--classes", *SHAPES, "--out", str(out), "--model",
+                                     "builtin:shapes", "--device", "cpu", "--no-progress", flag])
+        assert r.exit_code == 0, r.output
+        counts[flag] = len(read_coco(out)["annotations"])
+    assert counts["--presence"] <= 4 < counts["--no-presence"], counts  # one object per photo

@@ -47,7 +47,7 @@ class Rec:
     cache: dict = field(default_factory=dict)
 
 
-def capture(model, scenes, *, dc: bool) -> list[Rec]:
+def capture(model, scenes, *, dc: bool, resolution: int | None = None) -> list[Rec]:
     """Read every scene with every class (the backend's read), its LOO errors and optionally the DC scores."""
     import seediff
     from seediff.presence import presence_scores
@@ -57,7 +57,7 @@ def capture(model, scenes, *, dc: bool) -> list[Rec]:
     out = []
     for s in scenes:
         # the product's read: the every-class prompt and its leave-one-out rows in one batched UNet call
-        traced = seediff.read_photo(model.pipe, s.image, loo_prompts(words), mode="noise", t=100)
+        traced = seediff.read_photo(model.pipe, s.image, loo_prompts(words), mode="noise", t=100, resolution=resolution)
         maps = traced.maps_for(0)
         gains = loo_gains(traced.maps.meta["noise_errors"])
         scores = presence_scores(model.pipe, s.image, words) if dc else None
@@ -160,12 +160,47 @@ def region_data(model, recs, kept, logits, level=LEVEL):
     return np.concatenate(X), np.asarray(y)
 
 
+def large_vocabulary(model, scenes, extra: int) -> list[str]:
+    """The three shapes among ``extra`` made-up labels (a label set of 3 + extra, read in groups that fit the
+    32-token encoder): rows for presence on and off."""
+    import seediff
+
+    words = list(SHAPES) + [f"label{i}" for i in range(extra)]
+    lines = ["| presence | mIoU (3 shapes) | present shape dropped (images) | spurious regions / image "
+             "| regions IoU ≥ 0.8 | ms / task |", "|---|---|---|---|---|---|"]
+    for presence in (True, False):
+        inter = {c: 0 for c in SHAPES}; union = {c: 0 for c in SHAPES}
+        dropped = spurious = regions = good = 0
+        t0 = time.perf_counter()
+        for s in scenes:
+            predictor = seediff.SeeDiffPredictor.from_model(model)
+            predictor.set_image(s.image)
+            out = predictor.predict(words, presence=presence)
+            for label, mask in zip(out.labels, out.masks):
+                truth = s.class_mask(label) if label in SHAPES else np.zeros_like(mask)
+                if label in SHAPES:
+                    inter[label] += int((mask & truth).sum()); union[label] += int((mask | truth).sum())
+                if mask.any():
+                    regions += 1
+                    good += (mask & truth).sum() / (mask | truth).sum() >= 0.8
+                    spurious += not truth.any()
+            dropped += any(not out.mask(c).any() for c in s.classes)
+        ms = 1000 * (time.perf_counter() - t0) / len(scenes)
+        n = len(scenes)
+        miou = float(np.mean([inter[c] / union[c] if union[c] else 0.0 for c in SHAPES]))
+        lines.append(f"| {'on' if presence else 'off'} | {miou:.3f} | {dropped / n:.1%} | {spurious / n:.2f} | "
+                     f"{good / max(1, regions):.1%} | {ms:.0f} |")
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dev", type=int, default=60, help="shapes-world dev scenes per object count (1 and 2)")
     p.add_argument("--test", type=int, default=80, help="shapes-world test scenes per object count (= bench/quality.py's)")
     p.add_argument("--shifted-dev", type=int, default=60)
     p.add_argument("--shifted-test", type=int, default=100)
+    p.add_argument("--large", type=int, default=20, help="test scenes for the 100-label check (half 2-object)")
+    p.add_argument("--resolution-check", type=int, default=48, help="shifted test also read at this side (0: skip)")
     p.add_argument("--write-model", action="store_true", help="write the fitted models into builtin:shapes' seediff.json")
     p.add_argument("--out", type=Path, default=None, help="docs/QUALITY.md: the presence section is replaced")
     args = p.parse_args(argv)
@@ -241,6 +276,34 @@ def main(argv=None) -> None:
     presence_model = PresenceModel(LEVEL, thr_full, full, region, True,
                                    about=f"fitted by bench/presence.py on the shapes-world dev split ({2 * args.dev} "
                                          f"scenes; region model also on {args.shifted_dev} shifted dev scenes)")
+    diagnostics = []
+    if args.large:
+        import dataclasses
+
+        fitted = dataclasses.replace(model, defaults=dataclasses.replace(model.defaults, presence=presence_model))
+        half = args.large // 2
+        diagnostics += ["### A label set of 100 (3 shapes + 97 made-up labels)", "",
+                        f"{2 * half} shapes-world test scenes ({half} one-object, {half} two-object) asked for 100 labels: "
+                        "the label set is split into prompts that fit the 32-token encoder (33 prompts; the builtin "
+                        "tokenizer spells made-up words letter by letter), all read in one batched UNet call with their "
+                        "leave-one-out rows. Every region given to a made-up label is spurious.", "",
+                        *large_vocabulary(fitted, world_split("test", half), 97), ""]
+    if args.resolution_check:
+        res = args.resolution_check
+        recs = capture(model, shifted_split("test", args.shifted_test), dc=False, resolution=res)
+        p48 = full.predict(rows_of(recs))
+        rows48 = {"every class (no presence)": [tuple(SHAPES)] * len(recs),
+                  f"default rule (fitted at the native size, P > {thr_full:.2f})": kept_sets(recs, p48, thr_full),
+                  "oracle (diagnostic)": [tuple(c for c in SHAPES if r.truth[c].any()) for r in recs]}
+        diagnostics += [f"### Shifted test read at {res} px instead of the model's native 32 px", "",
+                        "Where the shifted world's gap comes from: the same scenes read at a larger input size "
+                        f"(`read_photo(resolution={res})`; not the default).", "",
+                        "| rule | mIoU | present class dropped (images) | spurious regions / image | regions IoU ≥ 0.8 |",
+                        "|---|---|---|---|---|"]
+        for name, ks in rows48.items():
+            m = metrics(model, recs, ks)
+            diagnostics.append(f"| {name} | {m['miou']:.3f} | {m['dropped']:.1%} | {m['spurious']:.2f} | {m['good']:.1%} |")
+        diagnostics.append("")
     if args.write_model:
         f = BUILTIN_MODELS["builtin:shapes"] / "seediff.json"
         data = json.loads(f.read_text())
@@ -263,6 +326,7 @@ def main(argv=None) -> None:
             "ROC AUC of the presence score, present vs absent (per class, pooled):", "", *auc_lines, "",
             f"Default presence model (`seediff.json` → `presence`): { {k: round(float(v), 2) for k, v in zip(PRESENCE_FEATURES, full.weights)} } "
             f"on standardised features, attention at level {LEVEL}.", "",
+            *diagnostics,
             "### Region scores that estimate IoU", "",
             "Each proposed region's score is a logistic estimate of its IoU from the class's presence logit, the share "
             "of the word's cross-attention inside the region, its area and the number of classes kept (fitted on the dev "

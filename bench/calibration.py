@@ -1,0 +1,154 @@
+"""Calibration from annotations, measured: mIoU and spurious regions per image before vs after calibrating on
+annotated scenes, as a Label Studio project would (every label of the config in the prompt).
+
+Two scene sets, each split into "annotated" (the calibration's evidence) and "held out" (scored):
+- **shifted**: other backgrounds, colours and sizes than builtin:shapes' defaults were tuned on (tinted
+  instead of grey backgrounds, smaller shapes, 1–3 objects);
+- **in-distribution**: the scenes the defaults were tuned on (``SceneConfig()``).
+
+Per image every class word of the config is prompted ("a photo of a circle and a square and a triangle"), the
+proposals are made with the model's defaults, then with the calibration fitted on the annotated split
+(``seediff.calibrate.fit``). IoU is dataset-level per class (summed intersections and unions), mIoU the mean
+over classes; a spurious region is a non-empty proposal for a class the image lacks.
+
+    python bench/calibration.py --out bench/results/calibration.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from seediff.calibrate import Calibration, FitPrior, apply_calibration, calibrated_config, fit, mask_knob, observe
+from seediff.predictor import SeeDiffPredictor, class_prompt
+from seediff.segment import default_config
+from seediff.testing.shapes import COLOURS, SHAPES, SceneConfig, ShapeObject, render_scene
+
+PROMPT_TEMPLATE = "a photo of {}"
+SHIFTED_OFFSET = 700_000
+IN_DIST_OFFSET = 800_000
+
+
+@dataclass(frozen=True)
+class Image_:
+    """A scene: RGB uint8 image and its class masks."""
+
+    image: np.ndarray
+    truth: dict[str, np.ndarray]
+
+
+def shifted_scene(seed: int, size: int = 32) -> Image_:
+    """A scene off the defaults' distribution: a tinted (coloured, not grey) plain or gradient background,
+    smaller shapes (radius 3.5–5.5 px at 32 px), 1–3 objects in distinct colours."""
+    from seediff.testing.shapes import _place as place  # the generator's own placement (non-overlapping)
+
+    rng = np.random.default_rng([seed, 0xCA1])
+    n = int(rng.integers(1, 4))
+    shapes = [SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=n, replace=False)]
+    colours = [list(COLOURS)[int(i)] for i in rng.choice(len(COLOURS), size=n, replace=False)]
+    cfg = SceneConfig(size=size, radius=(3.5, 5.5))
+    objects = [ShapeObject(s, c, cx, cy, r) for s, c, (cx, cy, r) in zip(shapes, colours, place(shapes, cfg, rng))]
+    tint = rng.uniform(0.35, 1.0, size=3) * rng.uniform(90, 200)
+    ramp = np.linspace(0.8, 1.2, size)[None, :, None] if rng.random() < 0.5 else np.ones((1, size, 1))
+    background = np.clip(np.broadcast_to(tint, (size, size, 3)) * ramp, 0, 255).astype(np.uint8)
+    image, masks = render_scene(objects, np.ascontiguousarray(background))
+    return Image_(image, {o.shape: m for o, m in zip(objects, masks)})
+
+
+def in_distribution_scene(seed: int) -> Image_:
+    """A scene of the generator the defaults were tuned on (``SceneConfig()``)."""
+    from seediff.testing.shapes import make_scene
+
+    scene = make_scene(seed)
+    return Image_(scene.image, scene.class_masks())
+
+
+def read(pipe, scene: Image_, method: str) -> tuple[SeeDiffPredictor, object]:
+    """A predictor holding the scene read with every class word, and the method's default config there."""
+    predictor = SeeDiffPredictor(pipe, prompt_template=PROMPT_TEMPLATE)
+    predictor.set_image(scene.image, class_prompt(SHAPES, PROMPT_TEMPLATE), mode="noise", t=100, seed=0)
+    return predictor, default_config(method, predictor.maps)
+
+
+def score(results: Sequence[tuple[Image_, dict[str, np.ndarray]]]) -> dict:
+    """Dataset-level per-class IoU, mIoU, spurious regions per image and missed objects per image."""
+    inter = {c: 0 for c in SHAPES}
+    union = {c: 0 for c in SHAPES}
+    spurious = missed = 0
+    for scene, pred in results:
+        for c in SHAPES:
+            gt = scene.truth.get(c, np.zeros(scene.image.shape[:2], bool))
+            p = pred.get(c, np.zeros_like(gt))
+            inter[c] += int((gt & p).sum())
+            union[c] += int((gt | p).sum())
+            spurious += int(p.any() and not gt.any())
+            missed += int(gt.any() and not p.any())
+    ious = {c: inter[c] / union[c] for c in SHAPES if union[c]}
+    n = len(results)
+    return {"miou": float(np.mean(list(ious.values()))), "iou": ious, "spurious_per_image": spurious / n,
+            "missed_per_image": missed / n, "images": n}
+
+
+def run(pipe, scenes: Sequence[Image_], n_fit: int, method: str, prior: FitPrior) -> dict:
+    """Fit on the first ``n_fit`` scenes, score the rest before and after."""
+    observations, default_value = [], None
+    for scene in scenes[:n_fit]:
+        predictor, base = read(pipe, scene, method)
+        knob = mask_knob(method, base)
+        default_value = getattr(base, knob)
+        observations += observe(lambda cfg: predictor.predict(list(SHAPES), method=method, config=cfg), base,
+                                method, scene.truth, SHAPES)
+    calibration = fit(observations, method, default_value, prior=prior, images=n_fit)
+    before, after = [], []
+    for scene in scenes[n_fit:]:
+        predictor, base = read(pipe, scene, method)
+        plain = predictor.predict(list(SHAPES), method=method, config=base)
+        tuned = apply_calibration(calibration, predictor.predict(
+            list(SHAPES), method=method, config=calibrated_config(calibration, method, base)))
+        before.append((scene, {c: plain.mask(c) for c in SHAPES}))
+        after.append((scene, {c: tuned.mask(c) for c in SHAPES}))
+    return {"before": score(before), "after": score(after), "calibration": calibration.to_dict()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin:shapes")
+    ap.add_argument("--method", default="seediff")
+    ap.add_argument("--fit", type=int, default=20, help="annotated scenes per set")
+    ap.add_argument("--held-out", type=int, default=40, help="scored scenes per set")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    import seediff
+
+    pipe = seediff.load_pipeline(args.model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    n = args.fit + args.held_out
+    t0 = time.perf_counter()
+    report = {"command": "python bench/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "model": args.model, "method": args.method, "fit_images": args.fit, "held_out_images": args.held_out}
+    prior = FitPrior()
+    report["shifted"] = run(pipe, [shifted_scene(SHIFTED_OFFSET + i) for i in range(n)], args.fit, args.method, prior)
+    report["in_distribution"] = run(pipe, [in_distribution_scene(IN_DIST_OFFSET + i) for i in range(n)], args.fit,
+                                    args.method, prior)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    for name in ("shifted", "in_distribution"):
+        b, a = report[name]["before"], report[name]["after"]
+        print(f"{name:16s} mIoU {b['miou']:.3f} -> {a['miou']:.3f}   spurious/img {b['spurious_per_image']:.2f} -> "
+              f"{a['spurious_per_image']:.2f}   missed/img {b['missed_per_image']:.2f} -> {a['missed_per_image']:.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

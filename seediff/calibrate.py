@@ -1,0 +1,365 @@
+"""Calibration from annotated images: fit a project's mask threshold, per-label presence thresholds and
+score → IoU maps from what annotators kept, shrunk towards the model's defaults when evidence is thin.
+
+An :class:`Observation` is one label on one annotated image: the backend's proposal for it at each value of the
+method's mask threshold (its score, whether it proposed anything, its IoU with the annotated mask) and whether
+the annotator drew the label at all. :func:`fit` turns observations into a :class:`Calibration`:
+
+- **mask threshold** (one per project: SeeDiff's ``pamr_threshold``, DiffuMask's ``threshold``, DAAM's
+  ``tau``): the grid value with the best mIoU over the observations (per label, summed intersections over
+  summed unions, as the benchmarks score; a spurious region adds its area to its label's union);
+- **presence threshold** (per label): a proposal whose score is at or below it is dropped (0 = keep all, the
+  default); chosen on the same label IoU;
+- **score → IoU** (per label): isotonic regression of a region's IoU on its score, so the score estimates it.
+
+Shrinkage (empirical Bayes on the gain): nothing moves below ``min_examples`` observations; above, a fitted
+value moves from the default by ``w = n / (n + strength)`` of the way, and only when ``w × gain`` (the IoU
+gain measured on the observations) is at least ``margin`` and the shrunk value still beats the default there. A few odd annotations therefore change nothing.
+
+Which score is calibrated is :func:`region_scores` (the region scores of ``ClassMasks``): the one place to
+change should the presence test expose another per-label score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from .masks import ClassMasks
+
+__all__ = [
+    "MASK_KNOBS", "FitPrior", "Observation", "class_iou", "LabelCalibration", "Calibration", "mask_knob", "knob_grid",
+    "region_scores", "observe", "fit", "apply_calibration", "calibrated_config", "load_calibration",
+    "save_calibration", "FORMAT",
+]
+
+FORMAT = "seediff-calibration/1"
+MASK_KNOBS = {"seediff": "pamr_threshold", "diffumask": "threshold", "daam": "tau"}
+GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # candidate mask thresholds (the model's default is always added)
+
+
+@dataclass(frozen=True)
+class FitPrior:
+    """How far evidence may move the defaults: ``min_examples`` before anything moves, ``strength`` (k in
+    w = n / (n + k)) and ``margin`` (least shrunk IoU gain worth a change)."""
+
+    min_examples: int = 8
+    strength: float = 10.0
+    margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_examples, bool) or not isinstance(self.min_examples, int) or self.min_examples < 1:
+            raise ValueError(f"min_examples must be an int >= 1, got {self.min_examples!r}")
+        if not self.strength >= 0:
+            raise ValueError(f"strength must be >= 0, got {self.strength!r}")
+        if not self.margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin!r}")
+
+    def weight(self, n: int) -> float:
+        """The evidence weight n / (n + strength)."""
+        return n / (n + self.strength) if n else 0.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One label word on one annotated image. ``gt``: the annotated area; per grid value of the mask threshold
+    (the tuples): the proposal's score, its area and its intersection with the annotation. Areas are fractions of
+    the image, so images of any size weigh alike."""
+
+    word: str
+    gt: float
+    scores: tuple[float, ...]
+    pred: tuple[float, ...]
+    inter: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.scores) == len(self.pred) == len(self.inter)) or not self.scores:
+            raise ValueError("scores, pred and inter must be non-empty and of one length (the grid's)")
+
+    @property
+    def present(self) -> bool:
+        """The annotator drew the label."""
+        return self.gt > 0
+
+    def proposed(self, i: int) -> bool:
+        """The backend proposed a region at grid index ``i``."""
+        return self.pred[i] > 0
+
+    def iou(self, i: int) -> float:
+        """IoU of the proposal at grid index ``i`` with the annotation (0 when either is empty)."""
+        union = self.pred[i] + self.gt - self.inter[i]
+        return float(self.inter[i] / union) if self.present and union > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"word": self.word, "gt": self.gt, "scores": list(self.scores), "pred": list(self.pred),
+                "inter": list(self.inter)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Observation":
+        return cls(str(d["word"]), float(d["gt"]), *(tuple(float(v) for v in d[k]) for k in ("scores", "pred", "inter")))
+
+
+def class_iou(obs: Sequence[Observation], i: int, keep: Callable[[Observation], bool] = lambda o: True) -> float:
+    """Dataset-level IoU (summed intersections over summed unions) of one word's observations at grid index
+    ``i``, proposals for which ``keep`` is False counted as dropped; NaN when nothing is drawn or proposed."""
+    inter = union = 0.0
+    for o in obs:
+        kept = keep(o)
+        inter += o.inter[i] if kept else 0.0
+        union += o.gt + ((o.pred[i] - o.inter[i]) if kept else 0.0)
+    return inter / union if union > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class LabelCalibration:
+    """One label word's fitted settings: presence threshold on its score and score → IoU knots."""
+
+    n: int
+    threshold: float = 0.0
+    knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def expected_iou(self, score: float) -> float:
+        """The score mapped through the knots (unchanged without knots)."""
+        if self.knots is None:
+            return float(score)
+        return float(np.interp(score, self.knots[0], self.knots[1]))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A project's calibration: the mask threshold (None = the model's default) and per-label settings."""
+
+    method: str
+    knob: str
+    mask_value: float | None = None
+    labels: dict[str, LabelCalibration] = field(default_factory=dict)
+    images: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-able form (the calibration file)."""
+        return {"format": FORMAT, "method": self.method, "knob": self.knob, "mask_value": self.mask_value,
+                "images": self.images,
+                "labels": {w: {"n": c.n, "threshold": c.threshold,
+                               "knots": None if c.knots is None else [list(c.knots[0]), list(c.knots[1])]}
+                           for w, c in sorted(self.labels.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "Calibration":
+        """Parse :meth:`to_dict`'s form; ValueError names what is wrong."""
+        if not isinstance(d, Mapping) or d.get("format") != FORMAT:
+            raise ValueError(f"not a seediff calibration (expected format {FORMAT!r})")
+        method = d.get("method")
+        if method not in MASK_KNOBS:
+            raise ValueError(f"calibration method must be one of {sorted(MASK_KNOBS)}, got {method!r}")
+        labels = {}
+        for word, c in (d.get("labels") or {}).items():
+            knots = c.get("knots")
+            if knots is not None:
+                xs, ys = (tuple(float(v) for v in k) for k in knots)
+                if len(xs) != len(ys) or not xs or any(b < a for a, b in zip(xs, xs[1:])):
+                    raise ValueError(f"label {word!r}: knots must be two equal-length lists, x increasing")
+                knots = (xs, ys)
+            labels[str(word)] = LabelCalibration(int(c.get("n", 0)), float(c.get("threshold", 0.0)), knots)
+        value = d.get("mask_value")
+        return cls(method, str(d.get("knob") or MASK_KNOBS[method]), None if value is None else float(value),
+                   labels, int(d.get("images", 0)))
+
+    @property
+    def digest(self) -> str:
+        """8 hex digits naming the content (goes into model_version: same digest, same output)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+    @property
+    def is_identity(self) -> bool:
+        """True when applying it changes nothing (every setting at the default)."""
+        return self.mask_value is None and all(c.threshold == 0.0 and c.knots is None for c in self.labels.values())
+
+
+def mask_knob(method: str, config) -> str:
+    """The config field that sets a method's final mask threshold (SeeDiff without PAMR: ``threshold``)."""
+    if method not in MASK_KNOBS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(MASK_KNOBS)}")
+    if method == "seediff" and getattr(config, "pamr_iterations", 1) == 0:
+        return "threshold"
+    return MASK_KNOBS[method]
+
+
+def knob_grid(default: float | None) -> tuple[float | None, ...]:
+    """The candidate values of a mask threshold: :data:`GRID` plus the default, sorted (None = Otsu first)."""
+    values = sorted(set(GRID) | ({float(default)} if default is not None else set()))
+    return ((None,) if default is None else ()) + tuple(values)
+
+
+def region_scores(masks: ClassMasks) -> dict[str, float]:
+    """The per-label score that presence thresholds and score → IoU maps act on: the region score."""
+    return {w: float(s) for w, s in zip(masks.labels, masks.scores)}
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def observe(predict: Callable[[object], ClassMasks], base_config, method: str,
+            truth: Mapping[str, np.ndarray], words: Sequence[str]) -> list[Observation]:
+    """Observations of ``words`` on one image: ``predict(config)`` (masks from stored attention: cheap) is
+    called once per grid value of the method's mask threshold; ``truth`` maps a word to its annotated mask
+    (a word missing from it was not drawn: absent)."""
+    knob = mask_knob(method, base_config)
+    grid = knob_grid(getattr(base_config, knob))
+    rows: dict[str, list[tuple[float, float, float]]] = {w: [] for w in words}
+    gt_area: dict[str, float] = {}
+    for value in grid:
+        masks = predict(dataclasses.replace(base_config, **{knob: value}))
+        scores = region_scores(masks)
+        for w in words:
+            mask = masks.mask(w)
+            gt = truth.get(w)
+            if gt is None:
+                gt = np.zeros(mask.shape, bool)
+            if gt.shape != mask.shape:
+                raise ValueError(f"annotated mask of {w!r} is {gt.shape}, the proposal {mask.shape}")
+            pixels = float(mask.size)
+            gt_area[w] = float(gt.sum()) / pixels
+            rows[w].append((scores[w] if mask.any() else 0.0, float(mask.sum()) / pixels,
+                            float((mask & gt).sum()) / pixels))
+    return [Observation(w, gt_area[w], *map(tuple, zip(*r))) for w, r in rows.items()]
+
+
+def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing least-squares fit of y on x (pool adjacent violators); returns (x knots, fitted y).
+
+    Twenty lines of numpy rather than a scikit-learn dependency (the only thing seediff would use it for).
+    """
+    order = np.argsort(x, kind="stable")
+    xs, ys = x[order], y[order]
+    blocks: list[list[float]] = []  # [sum, count, x_lo, x_hi]
+    for xv, yv in zip(xs, ys):
+        blocks.append([float(yv), 1.0, float(xv), float(xv)])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, c, lo, hi = blocks.pop()
+            blocks[-1][0] += s; blocks[-1][1] += c; blocks[-1][3] = hi
+    kx, ky = [], []
+    for s, c, lo, hi in blocks:
+        for v in ((lo,) if lo == hi else (lo, hi)):
+            kx.append(v); ky.append(s / c)
+    return np.asarray(kx), np.asarray(ky)
+
+
+def _mean_iou(by_word: Mapping[str, Sequence[Observation]], i: int) -> float:
+    """Mean over words of the dataset-level IoU at grid index ``i`` (words with nothing drawn or proposed skipped)."""
+    values = [v for v in (class_iou(obs, i) for obs in by_word.values()) if not np.isnan(v)]
+    return float(np.mean(values)) if values else 0.0
+
+
+def _fit_mask_index(by_word: Mapping[str, Sequence[Observation]], grid: Sequence, default_i: int,
+                    prior: FitPrior) -> int:
+    """Grid index of the project's mask threshold (``default_i`` unless the shrunk mIoU gain clears the margin)."""
+    n = sum(o.present for obs in by_word.values() for o in obs)
+    if n < prior.min_examples:
+        return default_i
+    miou = np.array([_mean_iou(by_word, i) for i in range(len(grid))])
+    best = int(np.argmax(miou))
+    w = prior.weight(n)
+    if w * (miou[best] - miou[default_i]) < prior.margin:
+        return default_i
+    if grid[default_i] is None or grid[best] is None:
+        return best
+    target = grid[default_i] + w * (grid[best] - grid[default_i])  # shrink the value, then snap to the grid
+    near = min((i for i in range(len(grid)) if grid[i] is not None), key=lambda i: abs(grid[i] - target))
+    return near if miou[near] > miou[default_i] else default_i
+
+
+def _fit_label(obs: Sequence[Observation], i: int, prior: FitPrior) -> LabelCalibration:
+    """Presence threshold and score → IoU knots of one word from its observations at grid index ``i``."""
+    shown = [o for o in obs if o.proposed(i)]
+    n = len(shown)
+    if n < prior.min_examples:
+        return LabelCalibration(n)
+
+    def iou_at(t: float) -> float:
+        value = class_iou(obs, i, lambda o: o.scores[i] > t)
+        return -1.0 if np.isnan(value) else value
+
+    s = np.array([o.scores[i] for o in shown])
+    u = np.unique(s)
+    candidates = [0.0, *((u[:-1] + u[1:]) / 2), float(u[-1])]
+    best = max(candidates, key=iou_at)
+    w = prior.weight(n)
+    threshold = 0.0
+    if w * (iou_at(best) - iou_at(0.0)) >= prior.margin:
+        shrunk = w * best
+        threshold = shrunk if iou_at(shrunk) > iou_at(0.0) else 0.0
+    kept = [o for o in shown if o.scores[i] > threshold]
+    knots = None
+    if len(kept) >= prior.min_examples:
+        kx, ky = _isotonic(np.array([o.scores[i] for o in kept]), np.array([o.iou(i) for o in kept]))
+        knots = (tuple(float(v) for v in kx), tuple(float(w * a + (1 - w) * b) for a, b in zip(ky, kx)))
+    return LabelCalibration(n, float(threshold), knots)
+
+
+def fit(observations: Sequence[Observation], method: str, default_value: float | None, *,
+        prior: FitPrior = FitPrior(), images: int = 0) -> Calibration:
+    """A :class:`Calibration` from observations made by :func:`observe` with a config whose mask threshold was
+    ``default_value`` (the model's default for ``method``)."""
+    if method not in MASK_KNOBS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(MASK_KNOBS)}")
+    grid = knob_grid(default_value)
+    if any(len(o.scores) != len(grid) for o in observations):
+        raise ValueError(f"observations were not made on the grid of default {default_value!r} ({len(grid)} values)")
+    knob = MASK_KNOBS[method]
+    default_i = grid.index(default_value if default_value is None else float(default_value))
+    by_word: dict[str, list[Observation]] = {}
+    for o in observations:
+        by_word.setdefault(o.word, []).append(o)
+    i = _fit_mask_index(by_word, grid, default_i, prior)
+    labels = {w: _fit_label(obs, i, prior) for w, obs in sorted(by_word.items())}
+    return Calibration(method, knob, None if i == default_i else grid[i], labels, images)
+
+
+def calibrated_config(calibration: Calibration | None, method: str, config):
+    """``config`` with the calibrated mask threshold (unchanged without one or for another method)."""
+    if calibration is None or calibration.mask_value is None or calibration.method != method:
+        return config
+    return dataclasses.replace(config, **{mask_knob(method, config): calibration.mask_value})
+
+
+def apply_calibration(calibration: Calibration | None, masks: ClassMasks) -> ClassMasks:
+    """``masks`` with each calibrated label's proposal dropped when its score is at or below the label's
+    presence threshold (the reason says so) and its score mapped to an expected IoU."""
+    if calibration is None or calibration.method != masks.method:
+        return masks
+    out_masks, scores, reasons = masks.masks.copy(), masks.scores.copy(), dict(masks.reasons)
+    for k, (word, score) in enumerate(region_scores(masks).items()):
+        cal = calibration.labels.get(word)
+        if cal is None or not out_masks[k].any():
+            continue
+        if score <= cal.threshold:
+            out_masks[k] = False
+            scores[k] = 0.0
+            reasons[word] = f"score {score:.3g} at or below the project's calibrated threshold {cal.threshold:.3g}"
+        else:
+            scores[k] = cal.expected_iou(score)
+    return dataclasses.replace(masks, masks=out_masks, scores=scores, reasons=reasons)
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration file (ValueError naming the file when it is not one)."""
+    try:
+        return Calibration.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a usable calibration file: {exc}") from None
+
+
+def save_calibration(calibration: Calibration, path: str | Path) -> None:
+    """Write a calibration file atomically."""
+    from .coco import write_json
+
+    write_json(path, calibration.to_dict())

@@ -27,7 +27,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -331,9 +331,10 @@ def calibrated_config(calibration: Calibration | None, method: str, config):
     return dataclasses.replace(config, **{mask_knob(method, config): calibration.mask_value})
 
 
-def apply_calibration(calibration: Calibration | None, masks: ClassMasks) -> ClassMasks:
+def apply_calibration(calibration: Calibration | None, masks: ClassMasks, keep: Collection[str] = ()) -> ClassMasks:
     """``masks`` with each calibrated label's proposal dropped when its score is at or below the label's
-    presence threshold (the reason says so) and its score mapped to an expected IoU."""
+    presence threshold (the reason says so; never a label in ``keep``: those the user clicked or boxed) and its
+    score mapped to an expected IoU."""
     if calibration is None or calibration.method != masks.method:
         return masks
     out_masks, scores, reasons = masks.masks.copy(), masks.scores.copy(), dict(masks.reasons)
@@ -341,7 +342,7 @@ def apply_calibration(calibration: Calibration | None, masks: ClassMasks) -> Cla
         cal = calibration.labels.get(word)
         if cal is None or not out_masks[k].any():
             continue
-        if score <= cal.threshold:
+        if score <= cal.threshold and word not in keep:
             out_masks[k] = False
             scores[k] = 0.0
             reasons[word] = f"score {score:.3g} at or below the project's calibrated threshold {cal.threshold:.3g}"

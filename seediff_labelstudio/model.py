@@ -20,7 +20,7 @@ from .labels import LabelPlan, label_plan, plan_results
 from .preannotate import model_version_for
 from .settings import Settings
 
-__all__ = ["SeeDiffModel", "context_seeds", "backend_model_version"]
+__all__ = ["SeeDiffModel", "context_seeds", "backend_model_version", "calibrated_version"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -46,6 +46,12 @@ def backend_model_version(s: Settings) -> str:
     if not extra:
         return base
     return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def calibrated_version(base: str, calibration) -> str:
+    """``base`` with the calibration's digest as a suffix (``-cal<8 hex>``), so Label Studio keeps the predictions
+    of each calibration apart; ``base`` itself without a calibration or with one that changes nothing."""
+    return base if calibration is None or calibration.is_identity else f"{base}-cal{calibration.digest}"
 
 
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
@@ -103,6 +109,7 @@ class SeeDiffModel:
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
         self.model_version = backend_model_version(settings)
+        self.calibrations = None  # set by the app: .for_project(project) → seediff.calibrate.Calibration | None
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -157,19 +164,46 @@ class SeeDiffModel:
         """
         return {"result": [], "score": 0.0, "model_version": self.model_version} if interactive else []
 
+    def calibration_for(self, project: str | int | None):
+        """The calibration a project's predictions use (None: the model's defaults)."""
+        return self.calibrations.for_project(project) if self.calibrations is not None else None
+
+    def version_for(self, project: str | int | None) -> str:
+        """The model_version of a project's predictions (with its calibration's suffix)."""
+        return calibrated_version(self.model_version, self.calibration_for(project))
+
+    def read_task(self, task: Mapping[str, Any], plan: LabelPlan, api_key: str | None = None):
+        """(SeeDiffPredictor holding the task's image read with every class word, image (width, height)): the
+        UNet part of a prediction, for learning from an annotated task."""
+        from seediff.predictor import SeeDiffPredictor, class_prompt
+
+        s = self.settings
+        ref = task.get("data", {}).get(plan.data_key) if isinstance(task.get("data"), Mapping) else None
+        if ref is None:
+            raise ValueError(f"task data has no {plan.data_key!r}")
+        image = self.fetcher.fetch(ref, api_key)
+        with self._lock:
+            predictor = SeeDiffPredictor(self.pipe, prompt_template=s.prompt_template)
+            predictor.set_image(image, class_prompt(plan.classes, s.prompt_template), mode=s.photo_mode,
+                                t=s.timestep, steps=s.steps, seed=s.seed)
+            self._count(unet_reads=1)
+        return predictor, (image.width, image.height)
+
     def predict(self, tasks: Sequence[Any], label_config: str, context: Mapping[str, Any] | None = None,
-                api_key: str | None = None, deadline: float | None = None) -> list[dict | list]:
+                api_key: str | None = None, deadline: float | None = None,
+                project: str | int | None = None) -> list[dict | list]:
         """One entry per task, in order; a task that fails (or is not reached before ``deadline``, a
         ``time.monotonic()`` value) gets an empty entry and a logged reason naming it; the batch goes on."""
         if not self.ready:
             raise RuntimeError(f"model not loaded: {self.error or 'still loading'}")
         plan = label_plan(label_config)
         interactive = bool(context)
+        calibration = self.calibration_for(project)
         out: list[dict | list] = []
         for i, task in enumerate(tasks):
             task_id = task.get("id") if isinstance(task, Mapping) else None
             try:
-                out.append(self.predict_task(task, plan, context, api_key, deadline))
+                out.append(self.predict_task(task, plan, context, api_key, deadline, calibration))
                 self._count(tasks=1)
             except TimeoutError:
                 left = len(tasks) - i
@@ -190,9 +224,12 @@ class SeeDiffModel:
         return out
 
     def predict_task(self, task: Any, plan: LabelPlan, context: Mapping[str, Any] | None = None,
-                     api_key: str | None = None, deadline: float | None = None) -> dict:
-        """Fetch, read the photo with every class word (SeeDiffPredictor), segment, build Label Studio regions."""
+                     api_key: str | None = None, deadline: float | None = None, calibration=None) -> dict:
+        """Fetch, read the photo with every class word (SeeDiffPredictor), segment, build Label Studio regions;
+        a project's ``calibration`` (seediff.calibrate) sets the mask threshold and filters/rescores the regions."""
+        from seediff.calibrate import apply_calibration, calibrated_config
         from seediff.predictor import SeeDiffPredictor, class_prompt
+        from seediff.segment import default_config
 
         if not isinstance(task, Mapping) or not isinstance(task.get("data"), Mapping):
             raise ValueError("task has no 'data' object")
@@ -227,8 +264,11 @@ class SeeDiffModel:
                     while len(self._predictors) > s.cache_images:
                         self._predictors.popitem(last=False)
                 t3 = time.perf_counter()
-                masks = predictor.predict(classes, points=seeds, boxes=boxes or None, method=s.method,
-                                          drop_absent=s.drop_absent)
+                config = (None if calibration is None else
+                          calibrated_config(calibration, s.method, default_config(s.method, predictor.maps)))
+                masks = apply_calibration(calibration, predictor.predict(
+                    classes, points=seeds, boxes=boxes or None, method=s.method, config=config,
+                    drop_absent=s.drop_absent), keep={*(points or {}), *(boxes or {})})
                 t4 = time.perf_counter()
             size = (image.width, image.height)
         finally:
@@ -240,4 +280,5 @@ class SeeDiffModel:
         t5 = time.perf_counter()
         self._count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
         scores = [r["score"] for r in result if isinstance(r.get("score"), (int, float))]
-        return {"result": result, "score": float(np.mean(scores)) if scores else 0.0, "model_version": self.model_version}
+        return {"result": result, "score": float(np.mean(scores)) if scores else 0.0,
+                "model_version": calibrated_version(self.model_version, calibration)}

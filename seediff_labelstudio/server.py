@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
+from .learn import Learner
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
 
@@ -123,6 +124,8 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     app = FastAPI(title="seediff Label Studio ML backend", version="0.1.0",
                   description="SeeDiff polygon/brush proposals from Stable Diffusion attention.")
     app.state.model = model
+    app.state.learner = learner = Learner.from_settings(settings, model)
+    model.calibrations = learner.calibrations
     app.state.configs: dict[str, str] = {}
     app.state.tokens: dict[str, str] = {}  # project → access_token from /setup (used if LABEL_STUDIO_API_KEY unset)
     basic = HTTPBasic(auto_error=False)
@@ -200,7 +203,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
                 app.state.tokens[project] = req.access_token
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
-        return {"model_version": model.model_version}
+        return {"model_version": model.version_for(_project_id(req.project))}
 
     @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
               responses={**_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
@@ -221,7 +224,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             raise HTTPException(400, f"unsupported labeling config: {exc}") from None
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
         results = await run_in_threadpool(model.predict, req.tasks, config, context, app.state.tokens.get(project),
-                                          arrived + settings.predict_budget)
+                                          arrived + settings.predict_budget, project)
         model._count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
@@ -235,10 +238,24 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             body = await request.json()
         except Exception:
             raise HTTPException(400, "webhook body must be JSON") from None
-        action = body.get("action") if isinstance(body, dict) else None
         model._count(webhooks=1)
-        log.info("webhook %s (seediff does not train; acknowledged)", action)
-        return {"status": "ok", "action": action}
+        # Annotation events and Start Training feed the project's calibration (seediff_labelstudio.learn);
+        # the rest are acknowledged.
+        code, answer = await run_in_threadpool(learner.handle, body, settings.predict_budget)
+        return JSONResponse(answer, status_code=code)
+
+    @app.get("/calibration/{project}", dependencies=[Depends(auth)], responses={**_AUTH})
+    async def calibration(project: int):
+        if learner.store is None:
+            raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
+        return {**learner.store.summary(project), "model_version": model.version_for(project)}
+
+    @app.delete("/calibration/{project}", dependencies=[Depends(auth)], responses={**_AUTH})
+    async def reset_calibration(project: int):
+        if learner.store is None:
+            raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
+        learner.store.reset(project)
+        return {"project": project, "status": "reset", "model_version": model.version_for(project)}
 
     @app.get("/metrics", dependencies=[Depends(auth)],
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})

@@ -35,7 +35,7 @@ from .masks import ClassMasks
 
 __all__ = [
     "MASK_KNOBS", "FitPrior", "Observation", "class_iou", "LabelCalibration", "Calibration", "mask_knob", "knob_grid",
-    "region_scores", "observe", "fit", "apply_calibration", "calibrated_config", "load_calibration",
+    "region_scores", "is_kept", "observe", "fit", "apply_calibration", "calibrated_config", "load_calibration",
     "save_calibration", "FORMAT",
 ]
 
@@ -181,6 +181,11 @@ class Calibration:
         return self.mask_value is None and all(c.threshold == 0.0 and c.knots is None for c in self.labels.values())
 
 
+def is_kept(score: float, threshold: float) -> bool:
+    """Whether a proposal with ``score`` survives a presence ``threshold`` (0 keeps every proposal)."""
+    return threshold <= 0.0 or score > threshold
+
+
 def mask_knob(method: str, config) -> str:
     """The config field that sets a method's final mask threshold (SeeDiff without PAMR: ``threshold``)."""
     if method not in MASK_KNOBS:
@@ -285,7 +290,7 @@ def _fit_label(obs: Sequence[Observation], i: int, prior: FitPrior) -> LabelCali
         return LabelCalibration(n)
 
     def iou_at(t: float) -> float:
-        value = class_iou(obs, i, lambda o: o.scores[i] > t)
+        value = class_iou(obs, i, lambda o: is_kept(o.scores[i], t))
         return -1.0 if np.isnan(value) else value
 
     s = np.array([o.scores[i] for o in shown])
@@ -297,7 +302,7 @@ def _fit_label(obs: Sequence[Observation], i: int, prior: FitPrior) -> LabelCali
     if w * (iou_at(best) - iou_at(0.0)) >= prior.margin:
         shrunk = w * best
         threshold = shrunk if iou_at(shrunk) > iou_at(0.0) else 0.0
-    kept = [o for o in shown if o.scores[i] > threshold]
+    kept = [o for o in shown if is_kept(o.scores[i], threshold)]
     knots = None
     if len(kept) >= prior.min_examples:
         kx, ky = _isotonic(np.array([o.scores[i] for o in kept]), np.array([o.iou(i) for o in kept]))
@@ -342,7 +347,7 @@ def apply_calibration(calibration: Calibration | None, masks: ClassMasks, keep: 
         cal = calibration.labels.get(word)
         if cal is None or not out_masks[k].any():
             continue
-        if score <= cal.threshold and word not in keep:
+        if not is_kept(score, cal.threshold) and word not in keep:
             out_masks[k] = False
             scores[k] = 0.0
             reasons[word] = f"score {score:.3g} at or below the project's calibrated threshold {cal.threshold:.3g}"

@@ -109,6 +109,7 @@ class SetupBody(BaseModel):
 class WebhookBody(BaseModel):
     status: str
     action: Any = None
+    model_config = ConfigDict(extra="allow")
 
 
 _AUTH = {401: {"model": ErrorBody, "description": "basic auth missing or wrong (when BASIC_AUTH_USER is set)"}}
@@ -229,8 +230,14 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         return {"results": results}
 
     # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
+    # Annotation events and Start Training are verified against Label Studio's API and learnt from
+    # (seediff_labelstudio.learn) when SEEDIFF_DATA_DIR and the Label Studio URL and key are set.
     @app.post("/webhook", status_code=200, dependencies=[Depends(auth)],
               responses={200: {"model": WebhookBody}, 400: {"model": ErrorBody, "description": "body is not JSON"},
+                         202: {"model": WebhookBody, "description": "verified; learning from it in the background"},
+                         404: {"model": ErrorBody, "description": "Label Studio's API does not have what it names"},
+                         422: {"model": ErrorBody, "description": "malformed annotation or training event"},
+                         502: {"model": ErrorBody, "description": "Label Studio's API could not be read"},
                          **_AUTH, **_TOO_BIG},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}})
     async def webhook(request: Request):
@@ -239,18 +246,22 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         except Exception:
             raise HTTPException(400, "webhook body must be JSON") from None
         model._count(webhooks=1)
-        # Annotation events and Start Training feed the project's calibration (seediff_labelstudio.learn);
-        # the rest are acknowledged.
         code, answer = await run_in_threadpool(learner.handle, body, settings.predict_budget)
         return JSONResponse(answer, status_code=code)
 
-    @app.get("/calibration/{project}", dependencies=[Depends(auth)], responses={**_AUTH})
+    _NO_STORE = {404: {"model": ErrorBody, "description": "no calibration store (SEEDIFF_DATA_DIR unset)"}}
+
+    @app.get("/calibration/{project}", dependencies=[Depends(auth)],
+             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NO_STORE, **_AUTH,
+                        **_MALFORMED})
     async def calibration(project: int):
         if learner.store is None:
             raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
         return {**learner.store.summary(project), "model_version": model.version_for(project)}
 
-    @app.delete("/calibration/{project}", dependencies=[Depends(auth)], responses={**_AUTH})
+    @app.delete("/calibration/{project}", dependencies=[Depends(auth)],
+                responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NO_STORE, **_AUTH,
+                        **_MALFORMED})
     async def reset_calibration(project: int):
         if learner.store is None:
             raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")

@@ -36,7 +36,7 @@ from .masks import ClassMasks
 __all__ = [
     "MASK_KNOBS", "FitPrior", "Observation", "class_iou", "LabelCalibration", "Calibration", "mask_knob", "knob_grid",
     "region_scores", "is_kept", "observe", "fit", "apply_calibration", "calibrated_config", "load_calibration",
-    "save_calibration", "FORMAT",
+    "save_calibration", "calibrated_version", "calibrated_segment", "FORMAT",
 ]
 
 FORMAT = "seediff-calibration/1"
@@ -354,6 +354,21 @@ def apply_calibration(calibration: Calibration | None, masks: ClassMasks, keep: 
         else:
             scores[k] = cal.expected_iou(score)
     return dataclasses.replace(masks, masks=out_masks, scores=scores, reasons=reasons)
+
+
+def calibrated_version(base: str, calibration: Calibration | None) -> str:
+    """A model_version with the calibration's digest as a suffix (``-cal<8 hex>``), so Label Studio keeps each
+    calibration's predictions apart; ``base`` itself without a calibration or with one that changes nothing."""
+    return base if calibration is None or calibration.is_identity else f"{base}-cal{calibration.digest}"
+
+
+def calibrated_segment(maps, classes: Sequence[str], method: str, calibration: Calibration | None,
+                       cache: dict | None = None) -> ClassMasks:
+    """:func:`seediff.segment.segment` with the method's default config, calibrated (one path for the CLI jobs)."""
+    from .segment import default_config, segment
+
+    config = calibrated_config(calibration, method, default_config(method, maps)) if calibration else None
+    return apply_calibration(calibration, segment(maps, list(classes), method=method, config=config, cache=cache))
 
 
 def load_calibration(path: str | Path) -> Calibration:

@@ -1,4 +1,4 @@
-"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
+"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, calibrate, show.
 
 Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback;
 set ``SEEDIFF_DEBUG=1`` for one); an output that cannot be written (disk full, permission denied) prints one
@@ -18,6 +18,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
+
+from .cli_calibrate import EPILOG, CalibrationOpt, calibrate
 
 __all__ = ["app", "main", "expand_multi"]
 
@@ -92,6 +94,16 @@ def _user_errors(fn: Callable) -> Callable:
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def _calibration(path: Path | None) -> dict | None:
+    """A calibration file's content (checked), carried in a job's parameters; None without one."""
+    from .calibrate import load_calibration
+
+    return None if path is None else load_calibration(path).to_dict()
+
+
+app.command("calibrate", epilog=EPILOG)(_user_errors(calibrate))
 
 
 def _classes(values: List[str] | None) -> list[str]:
@@ -194,7 +206,7 @@ def annotate(
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
-    progress: bool = ProgressOpt,
+    progress: bool = ProgressOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Segment every image of a folder (photo mode) into one COCO file. Resumable: rerun to finish."""
     from .jobs import annotate_spec, finish, plan_annotate, run_job
@@ -206,7 +218,7 @@ def annotate(
     items = plan_annotate(images_dir, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
                   t=t, steps=steps, strength=strength, method=method, threads=threads,
-                  images_dir=str(Path(images_dir).resolve()))
+                  images_dir=str(Path(images_dir).resolve()), calibration=_calibration(calibration))
     spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
     report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
                      desc="annotate")
@@ -312,7 +324,7 @@ def preannotate(
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-task results kept for resuming (default: ./seediff-preannotate-<project>/)."),
     executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
-    batch_size: int = BatchOpt, progress: bool = ProgressOpt,
+    batch_size: int = BatchOpt, progress: bool = ProgressOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
     _check_method(method, mode)
@@ -324,7 +336,7 @@ def preannotate(
         url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
-        progress=progress, prompt_template=prompt,
+        progress=progress, prompt_template=prompt, calibration=_calibration(calibration),
     )
     typer.echo(summary.describe())
     if summary.failed:

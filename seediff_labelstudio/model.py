@@ -20,7 +20,7 @@ from .labels import LabelPlan, label_plan, plan_results
 from .preannotate import model_version_for
 from .settings import Settings
 
-__all__ = ["SeeDiffModel", "context_seeds", "backend_model_version", "calibrated_version"]
+__all__ = ["SeeDiffModel", "context_seeds", "backend_model_version"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -46,12 +46,6 @@ def backend_model_version(s: Settings) -> str:
     if not extra:
         return base
     return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
-
-
-def calibrated_version(base: str, calibration) -> str:
-    """``base`` with the calibration's digest as a suffix (``-cal<8 hex>``), so Label Studio keeps the predictions
-    of each calibration apart; ``base`` itself without a calibration or with one that changes nothing."""
-    return base if calibration is None or calibration.is_identity else f"{base}-cal{calibration.digest}"
 
 
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
@@ -170,6 +164,8 @@ class SeeDiffModel:
 
     def version_for(self, project: str | int | None) -> str:
         """The model_version of a project's predictions (with its calibration's suffix)."""
+        from seediff.calibrate import calibrated_version
+
         return calibrated_version(self.model_version, self.calibration_for(project))
 
     def read_task(self, task: Mapping[str, Any], plan: LabelPlan, api_key: str | None = None):
@@ -227,7 +223,7 @@ class SeeDiffModel:
                      api_key: str | None = None, deadline: float | None = None, calibration=None) -> dict:
         """Fetch, read the photo with every class word (SeeDiffPredictor), segment, build Label Studio regions;
         a project's ``calibration`` (seediff.calibrate) sets the mask threshold and filters/rescores the regions."""
-        from seediff.calibrate import apply_calibration, calibrated_config
+        from seediff.calibrate import apply_calibration, calibrated_config, calibrated_version
         from seediff.predictor import SeeDiffPredictor, class_prompt
         from seediff.segment import default_config
 

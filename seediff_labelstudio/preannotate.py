@@ -33,7 +33,7 @@ __all__ = ["LabelPlan", "label_plan", "model_version_for", "preannotate_project"
            "PreannotateSummary", "make_fetcher"]
 
 IDENTITY = ("model", "dtype", "mode", "t", "seed", "method", "threads", "model_version", "plan", "project", "url",
-            "prompt_template")
+            "prompt_template", "calibration")
 
 
 def model_version_for(model: str, method: str, mode: str, t: int) -> str:
@@ -83,7 +83,7 @@ class PreannotateWorker(ItemWorker):
     def process(self, item: Item) -> dict[str, Any]:
         from seediff.modes import read_photo
         from seediff.predictor import class_prompt
-        from seediff.segment import segment
+        from seediff.calibrate import Calibration, calibrated_segment
 
         p, plan = self.params, self.plan
         image = self.fetcher.fetch(item.data["image"])
@@ -91,7 +91,8 @@ class PreannotateWorker(ItemWorker):
         prompt = class_prompt(classes, p.get("prompt_template") or "a photo of {}")
         traced = read_photo(self.pipe, image, prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             seed=item.seed)
-        masks = segment(traced.maps_for(0), classes, method=p.get("method", "seediff"))
+        cal = Calibration.from_dict(p["calibration"]) if p.get("calibration") else None
+        masks = calibrated_segment(traced.maps_for(0), classes, p.get("method", "seediff"), cal)
         result = plan_results(plan, masks, (image.width, image.height))
         scores = [r["score"] for r in result if isinstance(r.get("score"), float)]
         return {"task": int(item.data["task"]), "result": result,
@@ -156,7 +157,8 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
                         dtype: str | None = None, model_version: str | None = None, mode: str = "noise",
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
-                        progress: bool = True, prompt_template: str = "a photo of {}") -> PreannotateSummary:
+                        progress: bool = True, prompt_template: str = "a photo of {}",
+                        calibration: Mapping[str, Any] | None = None) -> PreannotateSummary:
     """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
     from label_studio_sdk.core.api_error import ApiError
@@ -170,7 +172,10 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
     except ApiError as exc:
         raise ValueError(f"cannot read project {project} at {url}: HTTP {exc.status_code} {str(exc.body)[:200]}") from None
     plan = label_plan(proj.label_config)
-    version = model_version or model_version_for(model, method, mode, t)
+    from seediff.calibrate import Calibration, calibrated_version
+
+    cal = Calibration.from_dict(calibration) if calibration else None
+    version = model_version or calibrated_version(model_version_for(model, method, mode, t), cal)
     summary = PreannotateSummary(project, version)
     items = []
     from tqdm.auto import tqdm
@@ -190,7 +195,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         items.append(Item(item_id, derive_seed(seed, item_id), {"task": int(task.id), "image": ref}))
     params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, seed=seed, method=method,
                   threads=threads, model_version=version, plan=plan.to_dict(), project=project, url=url,
-                  api_key=api_key, prompt_template=prompt_template)
+                  api_key=api_key, prompt_template=prompt_template, calibration=calibration)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)
     pending: list[dict[str, Any]] = []

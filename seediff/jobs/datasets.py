@@ -32,7 +32,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _COMMON = ("model", "dtype", "classes", "prompt", "seed", "method", "threads")
 SYNTH_IDENTITY = _COMMON + ("steps", "guidance", "height", "width")
-ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength")
+ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "calibration")
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
@@ -142,6 +142,10 @@ class _SegmentWorker(ItemWorker):
                                   dtype=self.params.get("dtype"))
         self.pipe.set_progress_bar_config(disable=True)
         self.classes = list(self.params["classes"])
+        from ..calibrate import Calibration
+
+        cal = self.params.get("calibration")
+        self.calibration = Calibration.from_dict(cal) if cal else None
 
     def teardown(self) -> None:
         import torch
@@ -149,10 +153,11 @@ class _SegmentWorker(ItemWorker):
         torch.set_num_threads(self._threads_before)
 
     def segment(self, maps, classes: Sequence[str]):
-        """ClassMasks for ``classes`` from the item's attention (the configured method)."""
-        from ..segment import segment
+        """ClassMasks for ``classes`` from the item's attention (the configured method, calibrated if a
+        calibration file was given)."""
+        from ..calibrate import calibrated_segment
 
-        return segment(maps, list(classes), method=self.params.get("method", "seediff"))
+        return calibrated_segment(maps, classes, self.params.get("method", "seediff"), self.calibration)
 
     def save(self, item: Item, image, file_name: str, masks, extra_files: Sequence[str] = ()) -> dict[str, Any]:
         """Write mask PNGs and the overlay; return the record (with the COCO fragment)."""

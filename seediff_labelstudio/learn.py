@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ from seediff.calibrate import Calibration, fit, load_calibration, mask_knob, obs
 
 from .calibration_store import STORE_NAME, CalibrationStore, TaskEvidence
 from .labels import LabelPlan, label_plan
+from .settings import SettingsError
 
-__all__ = ["Learner", "WebhookError", "Calibrations", "calibration_paths", "annotation_truth", "LEARN_ACTIONS"]
+__all__ = ["Learner", "WebhookError", "Calibrations", "calibration_paths", "check_calibration_env", "annotation_truth",
+           "LEARN_ACTIONS"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -50,14 +53,29 @@ class WebhookError(Exception):
 
 
 def calibration_paths(env: Mapping[str, str] | None = None) -> tuple[Path | None, Path | None]:
-    """(SEEDIFF_DATA_DIR, SEEDIFF_CALIBRATION) from the environment; ValueError names a bad one."""
+    """(SEEDIFF_DATA_DIR, SEEDIFF_CALIBRATION) from the environment; SettingsError names a bad one."""
     env = os.environ if env is None else env
     data = (env.get("SEEDIFF_DATA_DIR") or "").strip()
     fixed = (env.get("SEEDIFF_CALIBRATION") or "").strip()
     data_dir = Path(data).expanduser() if data else None
     if data_dir is not None and not data_dir.is_absolute():
-        raise ValueError(f"SEEDIFF_DATA_DIR must be an absolute path, got {data!r}")
+        raise SettingsError(f"SEEDIFF_DATA_DIR must be an absolute path, got {data!r}")
     return data_dir, (Path(fixed).expanduser() if fixed else None)
+
+
+def check_calibration_env(env: Mapping[str, str] | None = None) -> None:
+    """Validate SEEDIFF_DATA_DIR and SEEDIFF_CALIBRATION at start-up (SettingsError names the variable)."""
+    data_dir, fixed = calibration_paths(env)
+    if fixed is not None:
+        try:
+            load_calibration(fixed)
+        except ValueError as exc:
+            raise SettingsError(f"SEEDIFF_CALIBRATION: {exc}") from None
+    if data_dir is not None:
+        try:
+            CalibrationStore(data_dir / STORE_NAME)
+        except (OSError, sqlite3.Error) as exc:
+            raise SettingsError(f"SEEDIFF_DATA_DIR: cannot open {data_dir / STORE_NAME}: {exc}") from None
 
 
 class Calibrations:

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
 
-from .learn import Learner
+from .learn import Learner, check_calibration_env
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
 
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         settings = Settings.from_env()
+        check_calibration_env()
     except SettingsError as exc:
         print(f"seediff-labelstudio: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -205,6 +205,20 @@ def test_forged_and_malformed_notifications_change_nothing(ls, tmp_path, monkeyp
     assert (tmp_path / "calibration.sqlite").exists() and db_before  # the file was never replaced or emptied
 
 
+def test_deletions_are_learnt_only_when_label_studio_agrees(ls, tmp_path, monkeypatch, loaded_pipe):
+    client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+    learner = client.app.state.learner
+    for t in (1, 2, 3):
+        _notify(client, "ANNOTATION_CREATED", ls.annotate(t))
+    assert learner.drain(60) and client.get("/calibration/1").json()["tasks"] == 3
+    forged = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 101}, {"id": 102}], "project": {"id": 1}}
+    assert client.post("/webhook", json=forged).status_code == 202  # both still exist in Label Studio
+    assert learner.drain(60) and client.get("/calibration/1").json()["tasks"] == 3
+    del ls.annotations[102]
+    assert client.post("/webhook", json=forged).status_code == 202
+    assert learner.drain(60) and [e.task for e in learner.store.evidence(1)] == [1, 3]
+
+
 def test_unauthenticated_webhooks_are_refused_under_basic_auth(ls, tmp_path, monkeypatch, loaded_pipe):
     client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe, BASIC_AUTH_USER=AUTH[0], BASIC_AUTH_PASS=AUTH[1])
     r = _notify(client, "ANNOTATION_CREATED", ls.annotate(1))
@@ -259,3 +273,16 @@ def test_store_survives_concurrent_writers_and_reopening(tmp_path):
     # A refit that changes nothing keeps the revision; evidence of another model is not fitted on.
     assert reopened.put(5, [], _fitter, "basis")[1] == revision
     assert reopened.put(5, [], _fitter, "other-model") == (None, revision)
+
+
+def test_bad_calibration_settings_name_the_variable(tmp_path):
+    from seediff_labelstudio.learn import check_calibration_env
+    from seediff_labelstudio.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SEEDIFF_DATA_DIR must be an absolute path, got 'state'"):
+        check_calibration_env({"SEEDIFF_DATA_DIR": "state"})
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(SettingsError, match="SEEDIFF_CALIBRATION: .*x.json: not a usable calibration file"):
+        check_calibration_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")})
+    check_calibration_env({"SEEDIFF_DATA_DIR": str(tmp_path / "new")})  # created on first use
+    assert (tmp_path / "new" / "calibration.sqlite").is_file()

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS observations (
     basis TEXT NOT NULL, default_value REAL, body TEXT NOT NULL, PRIMARY KEY (project, task));
 CREATE TABLE IF NOT EXISTS calibrations (
     project INTEGER PRIMARY KEY, revision INTEGER NOT NULL, digest TEXT NOT NULL, body TEXT NOT NULL,
-    updated REAL NOT NULL);
+    updated REAL NOT NULL, basis TEXT NOT NULL);
 """
 
 
@@ -84,11 +84,14 @@ class CalibrationStore:
         db.execute("COMMIT")
 
     # ---- reads --------------------------------------------------------------------------------------
-    def get(self, project: int) -> tuple[Calibration | None, int]:
-        """The project's calibration and revision ((None, 0) if it has none)."""
-        row = self._connect().execute("SELECT body, revision FROM calibrations WHERE project = ?",
+    def get(self, project: int, basis: str | None = None) -> tuple[Calibration | None, int]:
+        """The project's calibration and revision ((None, 0) if it has none, or none fitted under ``basis``: a
+        calibration of another model or method never applies)."""
+        row = self._connect().execute("SELECT body, revision, basis FROM calibrations WHERE project = ?",
                                       (int(project),)).fetchone()
-        return (None, 0) if row is None else (Calibration.from_dict(json.loads(row[0])), int(row[1]))
+        if row is None or (basis is not None and row[2] != basis):
+            return None, 0
+        return Calibration.from_dict(json.loads(row[0])), int(row[1])
 
     def stamp(self, project: int, task: int) -> tuple[int, str, str] | None:
         """(annotation, stamp, basis) of the evidence stored for a task, or None."""
@@ -141,8 +144,8 @@ class CalibrationStore:
             revision = int(old[1]) if old else 0
             if old is None or old[0] != calibration.digest:
                 revision += 1
-                db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?)",
-                           (project, revision, calibration.digest, json.dumps(calibration.to_dict()), time.time()))
+            db.execute("INSERT OR REPLACE INTO calibrations VALUES (?, ?, ?, ?, ?, ?)",
+                       (project, revision, calibration.digest, json.dumps(calibration.to_dict()), time.time(), basis))
             return calibration, revision
 
     def reset(self, project: int) -> None:

@@ -79,15 +79,16 @@ def check_calibration_env(env: Mapping[str, str] | None = None) -> None:
 
 
 class Calibrations:
-    """Which calibration a project's predictions use: its learnt one, else the fixed file's, else none."""
+    """Which calibration a project's predictions use: the one learnt under ``basis`` (the backend's model_version),
+    else the fixed file's, else none."""
 
-    def __init__(self, store: CalibrationStore | None, fixed: Calibration | None) -> None:
-        self.store, self.fixed = store, fixed
+    def __init__(self, store: CalibrationStore | None, fixed: Calibration | None, basis: str | None = None) -> None:
+        self.store, self.fixed, self.basis = store, fixed, basis
 
     def for_project(self, project: str | int | None) -> Calibration | None:
         """The calibration for ``project`` (a Label Studio project id; '' or None: the fixed one)."""
         if self.store is not None and str(project or "").isdigit():
-            learnt, _ = self.store.get(int(project))
+            learnt, _ = self.store.get(int(project), self.basis)
             if learnt is not None:
                 return learnt
         return self.fixed
@@ -151,7 +152,7 @@ class Learner:
 
     def __init__(self, model, store: CalibrationStore | None, client_factory, fixed: Calibration | None = None) -> None:
         self.model, self.store, self._client_factory = model, store, client_factory
-        self.calibrations = Calibrations(store, fixed)
+        self.calibrations = Calibrations(store, fixed, model.model_version)
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()

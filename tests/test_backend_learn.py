@@ -158,8 +158,11 @@ def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_pa
     assert learner.drain(60) and model.metrics["unet_reads"] == reads
     assert client.get("/calibration/1").json() == summary
     # A restart (new app, same data dir) finds the same state; reset forgets it.
-    client2, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+    client2, model2 = _app(ls, tmp_path, monkeypatch, loaded_pipe)
     assert client2.get("/calibration/1").json() == summary
+    assert model2.calibration_for(1).to_dict() == summary["calibration"]
+    _, other = _app(ls, tmp_path, monkeypatch, loaded_pipe, SEEDIFF_TIMESTEP="200")  # another model_version
+    assert other.calibration_for(1) is None  # a calibration learnt for other settings never applies
     assert client2.delete("/calibration/1").json()["status"] == "reset"
     assert client2.get("/calibration/1").json()["tasks"] == 0
 

@@ -228,10 +228,11 @@ class Learner:
         plan = self._project_plan(project)
         if action == TRAIN_ACTION:
             return _Job(project, plan, (), replace_all=True, done=threading.Event())
-        many = body.get("annotations") if action != "ANNOTATION_CREATED" and "annotations" in body else None
-        items = many if many is not None else [body.get("annotation")]
-        if not isinstance(items, list) or not items or len(items) > 1000:
-            raise WebhookError(422, "webhook 'annotations' must be a non-empty list (at most 1000)")
+        key = "annotation" if "annotation" in body else "annotations"  # bulk events carry lists (LS 1.23)
+        raw = body.get(key)
+        items = raw if isinstance(raw, list) else [raw]
+        if not items or len(items) > 1000:
+            raise WebhookError(422, f"webhook '{key}' must name 1 to 1000 annotations")
         ids = [_id(a, "'annotation'") for a in items]
         if action in DELETE_ACTIONS:
             gone = []

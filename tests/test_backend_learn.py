@@ -138,9 +138,13 @@ def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_pa
     client, model = _app(ls, tmp_path, monkeypatch, loaded_pipe)
     learner = client.app.state.learner
     assert client.get("/calibration/1").json()["revision"] == 0
-    for t in range(1, N_TASKS + 1):
+    for t in range(1, N_TASKS - 1):
         r = _notify(client, "ANNOTATION_CREATED", ls.annotate(t))
         assert r.status_code == 202, r.text
+    bulk = [ls.annotate(t) for t in (N_TASKS - 1, N_TASKS)]  # "Create Annotations From Predictions": a list
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "annotation": bulk, "project": {"id": 1},
+                                      "task": [{"id": a["task"]} for a in bulk]})
+    assert r.status_code == 202, r.text
     assert learner.drain(120)
     summary = client.get("/calibration/1").json()
     assert summary["tasks"] == N_TASKS and summary["revision"] >= 1 and summary["calibration"]["images"] == N_TASKS
@@ -190,7 +194,8 @@ def test_forged_and_malformed_notifications_change_nothing(ls, tmp_path, monkeyp
         ({"action": "ANNOTATION_CREATED", "annotation": {"id": 101}, "project": {"id": 7}}, 404, "project 7"),
         ({"action": "ANNOTATION_CREATED", "annotation": {"id": 101}}, 422, "'project'"),
         ({"action": "ANNOTATION_UPDATED", "annotation": {"id": True}, "project": {"id": 1}}, 422, "'annotation'"),
-        ({"action": "ANNOTATIONS_CREATED", "annotations": "x", "project": {"id": 1}}, 422, "'annotations'"),
+        ({"action": "ANNOTATIONS_CREATED", "annotation": [], "project": {"id": 1}}, 422, "1 to 1000 annotations"),
+        ({"action": "ANNOTATIONS_CREATED", "annotation": ["x"], "project": {"id": 1}}, 422, "'annotation'"),
         ({"action": "START_TRAINING", "project": {"id": "1"}}, 422, "'project'"),
     ]
     ls.annotate(99, ann_id=199)  # an annotation of project 2 claimed for project 1

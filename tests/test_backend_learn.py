@@ -7,15 +7,20 @@ from __future__ import annotations
 import concurrent.futures as cf
 import io
 import json
+import signal
+import subprocess
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend_fixtures import FakeHost
+from test_backend_process import _command, _env, _free_port
 from seediff.calibrate import Calibration, LabelCalibration, Observation, fit, knob_grid, save_calibration
 from seediff.lsformat import ls_results
 from seediff.testing.shapes import SceneConfig, make_scene
@@ -294,3 +299,51 @@ def test_bad_calibration_settings_name_the_variable(tmp_path):
         check_calibration_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")})
     check_calibration_env({"SEEDIFF_DATA_DIR": str(tmp_path / "new")})  # created on first use
     assert (tmp_path / "new" / "calibration.sqlite").is_file()
+
+
+def _serve(env: dict, log_path):
+    """Start `seediff-labelstudio` on a free port; (process, url) once /health answers UP."""
+    port = _free_port()
+    with log_path.open("a") as fh:
+        proc = subprocess.Popen(_command() + ["--host", "127.0.0.1", "--port", str(port)], env=_env(**env),
+                                stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def test_real_process_learns_on_start_training_and_keeps_it_across_a_restart(ls, tmp_path):
+    env = dict(SEEDIFF_MODEL="builtin:shapes", SEEDIFF_DEVICE="cpu", LABEL_STUDIO_URL=ls.url, LABEL_STUDIO_API_KEY=KEY,
+               SEEDIFF_DATA_DIR=str(tmp_path / "state"), BASIC_AUTH_USER=AUTH[0], BASIC_AUTH_PASS=AUTH[1])
+    bad = subprocess.run(_command() + ["--port", "1"], env=_env(**{**env, "SEEDIFF_DATA_DIR": "rel"}),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "bad setting: SEEDIFF_DATA_DIR must be an absolute path" in bad.stderr
+    for t in range(1, N_TASKS + 1):
+        ls.annotate(t)
+    log = tmp_path / "backend.log"
+    proc, url = _serve(env, log)
+    try:
+        r = httpx.post(f"{url}/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}, auth=AUTH, timeout=100)
+        assert r.status_code == 200 and r.json()["status"] == "trained" and r.json()["tasks"] == N_TASKS, r.text
+        learnt = httpx.get(f"{url}/calibration/1", auth=AUTH).json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    proc, url = _serve(env, log)
+    try:
+        assert httpx.get(f"{url}/calibration/1", auth=AUTH).json() == learnt
+        r = httpx.post(f"{url}/predict", json={"tasks": [ls.tasks[1]], "project": 1, "label_config": CONFIG},
+                       auth=AUTH, timeout=100).json()
+        assert r["results"][0]["model_version"] == learnt["model_version"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from seediff.calibrate import Calibration, FitPrior, apply_calibration, calibrated_config, fit, mask_knob, observe
-from seediff.predictor import SeeDiffPredictor, class_prompt
-from seediff.segment import default_config
+from seediff.predictor import SeeDiffPredictor
+from seediff.prompts import class_prompt
 from seediff.testing.shapes import COLOURS, SHAPES, SceneConfig, ShapeObject, render_scene
 
 PROMPT_TEMPLATE = "a photo of {}"
@@ -72,11 +72,11 @@ def in_distribution_scene(seed: int) -> Image_:
     return Image_(scene.image, scene.class_masks())
 
 
-def read(pipe, scene: Image_, method: str) -> tuple[SeeDiffPredictor, object]:
-    """A predictor holding the scene read with every class word, and the method's default config there."""
-    predictor = SeeDiffPredictor(pipe, prompt_template=PROMPT_TEMPLATE)
+def read(model, scene: Image_, method: str) -> tuple[SeeDiffPredictor, object]:
+    """A predictor holding the scene read with every class word, and the model's config for the method."""
+    predictor = SeeDiffPredictor.from_model(model, prompt_template=PROMPT_TEMPLATE)
     predictor.set_image(scene.image, class_prompt(SHAPES, PROMPT_TEMPLATE), mode="noise", t=100, seed=0)
-    return predictor, default_config(method, predictor.maps)
+    return predictor, model.defaults.config(method)
 
 
 def score(results: Sequence[tuple[Image_, dict[str, np.ndarray]]]) -> dict:
@@ -161,10 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="markdown section to write (JSON beside it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    import seediff
+    from seediff.pipeline import load_model
 
-    pipe = seediff.load_pipeline(args.model, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_model(args.model, device="cpu")  # the pipeline and the model's own defaults
+    pipe.pipe.set_progress_bar_config(disable=True)
     n = args.fit + args.held_out
     t0 = time.perf_counter()
     report = {"command": "python bench/calibration.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from seediff.capture import CaptureConfig, trace
-from seediff.segment import SeeDiffConfig, segment
+from seediff.methods import SeeDiffConfig
+from seediff.segment import segment
 from seediff.testing import build_tiny_pipeline
 
 PROMPT = "a photo of a dog and a cat"

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from seediff.segment import SeeDiffConfig
+from seediff.methods import SeeDiffConfig
 from seediff.testing.shapes import COLOURS, SHAPES, Scene, SceneConfig, make_scene
 
 # Benchmark splits: seeds far from training (>= 1_000_000) and from the training probe (0..47).
@@ -207,7 +207,7 @@ def capture_photo(pipe, scenes: Sequence[Scene], *, mode: str = "noise", t: int 
     ``read_kwargs`` go to ``read_photo`` (``strength``, ``steps`` for the denoise/invert modes).
     """
     import seediff
-    from seediff.predictor import class_prompt
+    from seediff.prompts import class_prompt
 
     out = []
     for scene in scenes:

@@ -16,10 +16,11 @@ import torch
 from .capture import AttentionMaps, upsample
 from .seeds import is_flat, minmax, otsu_threshold
 
-__all__ = ["DiffuMaskConfig", "DAAMConfig", "diffumask_map", "daam_map", "diffumask_probs", "daam_probs"]
+__all__ = ["DiffuMaskConfig", "DAAMConfig", "check_levels", "check_common", "diffumask_map", "daam_map",
+           "diffumask_probs", "daam_probs"]
 
 
-def _check_levels(name: str, levels, allow_none: bool = False) -> None:
+def check_levels(name: str, levels, allow_none: bool = False) -> None:
     """ValueError unless ``levels`` is a non-empty tuple of non-negative ints (or None when allowed)."""
     if levels is None and allow_none:
         return
@@ -28,7 +29,7 @@ def _check_levels(name: str, levels, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a non-empty tuple of non-negative ints, got {levels!r}")
 
 
-def _check_common(cfg) -> None:
+def check_common(cfg) -> None:
     """Validation shared by every method config."""
     if not 0.0 < cfg.flat_eps < 1.0:
         raise ValueError(f"flat_eps must be in (0, 1), got {cfg.flat_eps}")
@@ -55,10 +56,10 @@ class DiffuMaskConfig:
     work_max_side: int = 512
 
     def __post_init__(self) -> None:
-        _check_levels("levels", self.levels)
+        check_levels("levels", self.levels)
         if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1) or None (Otsu), got {self.threshold}")
-        _check_common(self)
+        check_common(self)
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,10 @@ class DAAMConfig:
     work_max_side: int = 512
 
     def __post_init__(self) -> None:
-        _check_levels("levels", self.levels, allow_none=True)
+        check_levels("levels", self.levels, allow_none=True)
         if not 0.0 <= self.tau < 1.0:
             raise ValueError(f"tau must be in [0, 1), got {self.tau}")
-        _check_common(self)
+        check_common(self)
 
 
 def _require_levels(maps: AttentionMaps, levels, what: str) -> list[int]:

@@ -362,12 +362,13 @@ def calibrated_version(base: str, calibration: Calibration | None) -> str:
     return base if calibration is None or calibration.is_identity else f"{base}-cal{calibration.digest}"
 
 
-def calibrated_segment(maps, classes: Sequence[str], method: str, calibration: Calibration | None,
+def calibrated_segment(maps, classes: Sequence[str], method: str, config, calibration: Calibration | None,
                        cache: dict | None = None) -> ClassMasks:
-    """:func:`seediff.segment.segment` with the method's default config, calibrated (one path for the CLI jobs)."""
-    from .segment import default_config, segment
+    """:func:`seediff.segment.segment` with ``config`` (the model's, for ``method``), calibrated: the CLI jobs'
+    counterpart of the backend's ``task_masks``."""
+    from .segment import segment
 
-    config = calibrated_config(calibration, method, default_config(method, maps)) if calibration else None
+    config = calibrated_config(calibration, method, config)
     return apply_calibration(calibration, segment(maps, list(classes), method=method, config=config, cache=cache))
 
 

@@ -1,7 +1,7 @@
 """Offline calibration (``seediff calibrate``): observations from a ground-truth file and its images, then the
 same fit the Label Studio backend runs on annotations (:mod:`seediff.calibrate`).
 
-Ground truth is a COCO file or a Label Studio JSON export (converted with :func:`seediff.lsformat.ls_to_coco`,
+Ground truth is a COCO file or a Label Studio JSON export (converted with :func:`seediff.lsexport.ls_to_coco`,
 its labeling config fixing the labels). Every image is read once in photo mode with every class word in the
 prompt (as the backend and ``seediff preannotate`` read a task), then segmented at each mask-threshold value.
 """
@@ -23,7 +23,7 @@ def load_ground_truth(path: str | Path, config: str | None = None) -> dict[str, 
     """A COCO dataset from a COCO file, or from a Label Studio export (a JSON list of tasks) and its config."""
     data = json.loads(Path(path).read_text())
     if isinstance(data, list):
-        from .lsformat import ls_to_coco
+        from .lsexport import ls_to_coco
 
         dataset, _issues = ls_to_coco(data, config=config)
         return dataset
@@ -57,14 +57,15 @@ def truth_masks(dataset: Mapping[str, Any], image: Mapping[str, Any]) -> dict[st
     return out
 
 
-def fit_from_coco(pipe, dataset: Mapping[str, Any], images_dir: str | Path, *, classes: Sequence[str] | None = None,
+def fit_from_coco(model, dataset: Mapping[str, Any], images_dir: str | Path, *, classes: Sequence[str] | None = None,
                   method: str = "seediff", mode: str = "noise", t: int = 100, prompt_template: str = "a photo of {}",
                   seed: int = 0, prior: FitPrior = FitPrior(),
                   progress: Callable[[int, int], None] | None = None) -> Calibration:
-    """The calibration the ground truth supports for ``pipe`` (classes: every category unless given)."""
+    """The calibration the ground truth supports for ``model`` (a :class:`seediff.pipeline.LoadedModel`; classes:
+    every category unless given)."""
     from .modes import read_photo
-    from .predictor import class_prompt
-    from .segment import default_config, segment
+    from .prompts import class_prompt
+    from .segment import segment
 
     words = list(classes) if classes else [c["name"] for c in dataset.get("categories", [])]
     if not words:
@@ -73,10 +74,10 @@ def fit_from_coco(pipe, dataset: Mapping[str, Any], images_dir: str | Path, *, c
     observations, default_value = [], None
     images = list(dataset.get("images", []))
     for k, image in enumerate(images):
-        traced = read_photo(pipe, str(image_path(Path(images_dir), image["file_name"])), prompt, mode=mode, t=t,
+        traced = read_photo(model.pipe, str(image_path(Path(images_dir), image["file_name"])), prompt, mode=mode, t=t,
                             seed=seed)
         maps, cache = traced.maps_for(0), {}
-        base = default_config(method, maps)
+        base = model.defaults.config(method)
         default_value = getattr(base, mask_knob(method, base))
         truth = truth_masks(dataset, image)
 

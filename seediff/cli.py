@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional
 import typer
 from typer.core import TyperGroup
 
-from .cli_calibrate import EPILOG, CalibrationOpt, calibrate
+from .cli_calibrate import EPILOG, CalibrationOpt, calibrate, calibration_params
 
 __all__ = ["app", "main", "expand_multi"]
 
@@ -96,16 +96,6 @@ def _user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def _calibration(path: Path | None) -> dict | None:
-    """A calibration file's content (checked), carried in a job's parameters; None without one."""
-    from .calibrate import load_calibration
-
-    return None if path is None else load_calibration(path).to_dict()
-
-
-app.command("calibrate", epilog=EPILOG)(_user_errors(calibrate))
-
-
 def _classes(values: List[str] | None) -> list[str]:
     """Class words from repeated/comma-separated/space-separated ``--classes``."""
     from .jobs.datasets import check_classes
@@ -114,10 +104,17 @@ def _classes(values: List[str] | None) -> list[str]:
     return check_classes(words)
 
 
+def _template(prompt: str) -> str:
+    """The --prompt template ('{classes}' read as '{}'); ValueError unless :func:`seediff.prompts.check_template`."""
+    from .prompts import check_template
+
+    return check_template(prompt)
+
+
 def _check_method(method: str, mode: str | None = None) -> None:
     """Refuse an unknown --method or --mode before any model is loaded (else every item would fail alike)."""
+    from .methods import METHODS
     from .modes import PHOTO_MODES
-    from .segment import METHODS
 
     if method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(sorted(METHODS))}, got {method!r}")
@@ -153,6 +150,7 @@ RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="
 WorkersOpt = typer.Option(None, "--workers", min=1, help="Ray actors (default: one per GPU, or all CPUs but one).")
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Items per Ray batch.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+app.command("calibrate", epilog=EPILOG)(_user_errors(calibrate))  # seediff/cli_calibrate.py
 
 
 @app.command(epilog="Example:  seediff synthesize --classes dog cat --per-class 10 --prompt 'a photo of a {}' --out data/")
@@ -176,6 +174,7 @@ def synthesize(
 
     names = _classes(classes)
     _check_method(method)
+    prompt = _template(prompt)
     items = plan_synthesize(names, per_class, prompt, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, steps=steps,
                   guidance=guidance, height=size, width=size, method=method, threads=threads)
@@ -198,7 +197,7 @@ def annotate(
     classes: List[str] = typer.Option(..., "--classes", help="Class words, e.g. --classes dog cat."),
     out: Path = typer.Option(..., "--out", help="COCO file to write."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-item files (default: <out>.work/)."),
-    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'dog and cat'."),
+    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'a dog and a cat'."),
     mode: str = typer.Option("noise", "--mode", help="noise (one UNet pass), denoise or invert."),
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
     steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert."),
@@ -213,12 +212,11 @@ def annotate(
 
     names = _classes(classes)
     _check_method(method, mode)
-    if prompt.count("{}") != 1:
-        raise UserError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
+    prompt = _template(prompt)
     items = plan_annotate(images_dir, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
                   t=t, steps=steps, strength=strength, method=method, threads=threads,
-                  images_dir=str(Path(images_dir).resolve()), calibration=_calibration(calibration))
+                  images_dir=str(Path(images_dir).resolve()), calibration=calibration_params(calibration))
     spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
     report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
                      desc="annotate")
@@ -273,7 +271,7 @@ def ls2coco(
     """Label Studio export → COCO; skipped regions are listed as warnings."""
     from .coco import write_coco
     from .jobs.store import writing
-    from .lsformat import ls_to_coco
+    from .lsexport import ls_to_coco
 
     dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
     _warn_issues(issues)
@@ -295,7 +293,7 @@ def coco2ls(
     """COCO → Label Studio tasks with predictions."""
     from .coco import read_coco, write_json
     from .jobs.store import writing
-    from .lsformat import coco_to_ls
+    from .lsexport import coco_to_ls
 
     tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
     if image_prefix:
@@ -319,6 +317,8 @@ def preannotate(
     prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'a circle and a square' (the labels' class words)."),
     mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
+    steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert (the backend's SEEDIFF_STEPS)."),
+    drop_absent: bool = typer.Option(False, "--drop-absent/--keep-absent", help="Presence test: empty masks for classes decided absent (the backend's SEEDIFF_DROP_ABSENT)."),
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
     batch: int = typer.Option(32, "--batch", min=1, help="Predictions posted per request."),
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
@@ -328,6 +328,7 @@ def preannotate(
 ) -> None:
     """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
     _check_method(method, mode)
+    prompt = _template(prompt)
     try:
         from seediff_labelstudio.preannotate import preannotate_project
     except ImportError as exc:
@@ -336,8 +337,8 @@ def preannotate(
         url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
-        progress=progress, prompt_template=prompt, calibration=_calibration(calibration),
-    )
+        progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent,
+        calibration=calibration_params(calibration))
     typer.echo(summary.describe())
     if summary.failed:
         raise typer.Exit(1)
@@ -349,7 +350,7 @@ def show(
     image: Path = typer.Argument(..., help="An image file."),
     classes: List[str] = typer.Option(..., "--classes", help="Class words."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
-    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'dog and cat'."),
+    prompt: str = typer.Option("a photo of {}", "--prompt", help="Prompt template; {} becomes 'a dog and a cat'."),
     mode: str = typer.Option("noise", "--mode", help="noise, denoise or invert."),
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
@@ -360,22 +361,21 @@ def show(
     import numpy as np
 
     from .jobs import render
-    from .jobs.store import atomic_write_bytes, png_bytes
+    from .jobs.store import png_bytes, write_output
     from .modes import read_photo
-    from .pipeline import load_pipeline
+    from .pipeline import load_model
+    from .prompts import class_prompt
     from .segment import segment
 
     names = _classes(classes)
     _check_method(method, mode)
+    prompt = _template(prompt)
     if not image.is_file():
         raise UserError(f"{image} is not a file")
-    if prompt.count("{}") != 1:
-        raise UserError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
-    pipe = load_pipeline(model, device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    traced = read_photo(pipe, str(image), prompt.format(" and ".join(names)), mode=mode, t=t, seed=seed)
+    loaded = load_model(model, device=device, dtype=dtype)
+    traced = read_photo(loaded.pipe, str(image), class_prompt(names, prompt), mode=mode, t=t, seed=seed)
     maps = traced.maps_for(0)
-    masks = segment(maps, names, method=method)
+    masks = segment(maps, names, method=method, config=loaded.defaults.config(method))
     rgb = np.asarray(traced.images[0].convert("RGB"))
     h, w = rgb.shape[:2]
     scale = max(1, int(np.ceil(min_side / min(h, w))))
@@ -384,7 +384,7 @@ def show(
     tiles = [("masks: " + ", ".join(masks.labels), render.overlay(big, np.asarray(masks.masks, bool), colors))]
     for name in names:
         tiles.append((f"attention: {name}", render.heat_overlay(big, render.class_heat(maps, name, (h, w)))))
-    atomic_write_bytes(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
+    write_output(out, png_bytes(render.side_by_side(tiles)))  # makes the folder; OutputError on failure
     found = ", ".join(f"{lab} {float(s):.2f}" for lab, s in zip(masks.labels, masks.scores)) or "no masks"
     typer.echo(f"wrote {out} ({found})")
 

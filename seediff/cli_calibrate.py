@@ -11,10 +11,17 @@ from typing import List, Optional
 
 import typer
 
-__all__ = ["calibrate", "CalibrationOpt", "EPILOG"]
+__all__ = ["calibrate", "calibration_params", "CalibrationOpt", "EPILOG"]
 
 EPILOG = "Example:  seediff calibrate gt.coco.json --images photos/ --out calibration.json"
 CalibrationOpt = typer.Option(None, "--calibration", help="Calibration file from `seediff calibrate` (mask threshold, per-label presence thresholds, score → IoU).")
+
+
+def calibration_params(path: Path | None) -> dict | None:
+    """A calibration file's content (checked: ValueError naming the file), for a job's parameters; None without."""
+    from .calibrate import load_calibration
+
+    return None if path is None else load_calibration(path).to_dict()
 
 
 def calibrate(
@@ -38,23 +45,21 @@ def calibrate(
     from .calibrate import FitPrior, save_calibration
     from .calibration_data import fit_from_coco, load_ground_truth
     from .jobs.store import writing
-    from .pipeline import load_pipeline
-    from .predictor import class_prompt
-    from .segment import METHODS
+    from .methods import METHODS
+    from .pipeline import load_model
+    from .prompts import check_template
 
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(sorted(METHODS))}, got {method!r}")
-    class_prompt(["x"], prompt)  # a template without {} fails here, before the model loads
-    if prompt.count("{}") != 1:
-        raise ValueError(f"--prompt must contain '{{}}' exactly once, got {prompt!r}")
+    prompt = check_template(prompt)  # before the model loads
     if not images.is_dir():
         raise ValueError(f"--images {images} is not a folder")
     dataset = load_ground_truth(ground_truth, config.read_text() if config else None)
     words = [w.strip() for c in classes or [] for w in c.split(",") if w.strip()] or None
-    pipe = load_pipeline(model, device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
+    loaded = load_model(model, device=device, dtype=dtype)
+    loaded.pipe.set_progress_bar_config(disable=True)
     with typer.progressbar(length=len(dataset.get("images", [])), label="calibrate", file=None) as bar:
-        calibration = fit_from_coco(pipe, dataset, images, classes=words, method=method, mode=mode, t=t,
+        calibration = fit_from_coco(loaded, dataset, images, classes=words, method=method, mode=mode, t=t,
                                     prompt_template=prompt, seed=seed,
                                     prior=FitPrior(min_examples=min_examples, strength=strength),
                                     progress=lambda done, total: bar.update(1))

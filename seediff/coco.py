@@ -19,13 +19,12 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NoReturn, Protocol, Sequence
 
-import cv2
 import numpy as np
 
-from .convert import _check_polygons, _segmentation_rle, _to_rle, area_bbox, encode_segmentation
+from .convert import area_bbox, check_polygons, check_rle, encode_segmentation, resize_mask, segmentation_to_rle
 
 __all__ = ["to_coco", "merge_coco", "coco_results", "validate_coco", "read_coco", "write_coco", "write_json",
-           "write_bytes_atomic"]
+           "write_bytes_atomic", "mask_entries", "category_table"]
 
 INFO = {"description": "written by seediff"}
 
@@ -41,7 +40,7 @@ class MasksLike(Protocol):
 Masks = MasksLike | Sequence[tuple]
 
 
-def _mask_entries(masks: Masks, file_name: str) -> tuple[list[tuple[str, np.ndarray, float | None]], tuple | None]:
+def mask_entries(masks: Masks, file_name: str) -> tuple[list[tuple[str, np.ndarray, float | None]], tuple | None]:
     """(label, mask, score) triples and the mask (height, width) when known, from ClassMasks-like or tuples."""
     if hasattr(masks, "labels") and hasattr(masks, "masks"):
         labels = list(masks.labels)
@@ -69,7 +68,7 @@ def _mask_entries(masks: Masks, file_name: str) -> tuple[list[tuple[str, np.ndar
     return entries, (shapes.pop() if shapes else None)
 
 
-def _category_table(categories: Sequence[str] | Sequence[Mapping] | None, labels: Iterable[str]) -> list[dict]:
+def category_table(categories: Sequence[str] | Sequence[Mapping] | None, labels: Iterable[str]) -> list[dict]:
     """COCO categories list with stable ids (see module docstring)."""
     if categories is None:
         return [{"id": i, "name": name} for i, name in enumerate(sorted(set(labels)), start=1)]
@@ -86,13 +85,6 @@ def _category_table(categories: Sequence[str] | Sequence[Mapping] | None, labels
     if len(set(ids)) != len(ids) or len(set(names)) != len(names):
         raise ValueError(f"category ids and names must be unique, got {table}")
     return sorted(table, key=lambda c: c["id"])
-
-
-def _resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of a mask to (height, width) (no-op when it already has that size)."""
-    if mask.shape == (height, width):
-        return mask
-    return cv2.resize(np.asarray(mask, np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def to_coco(
@@ -122,7 +114,7 @@ def to_coco(
         if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
             raise TypeError(f"each image must be a (file_name, masks) pair, got {type(item).__name__}")
         file_name, masks = item
-        entries, shape = _mask_entries(masks, file_name)
+        entries, shape = mask_entries(masks, file_name)
         if file_name in sizes:
             width, height = (int(v) for v in sizes[file_name])
         elif shape is not None:
@@ -136,7 +128,7 @@ def to_coco(
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"file names must be unique, repeated: {dupes}")
-    cats = _category_table(categories, (label for r in rows for label, _, _ in r[3]))
+    cats = category_table(categories, (label for r in rows for label, _, _ in r[3]))
     cat_id = {c["name"]: c["id"] for c in cats}
     out_images, out_anns = [], []
     for image_id, (file_name, width, height, entries) in enumerate(sorted(rows, key=lambda r: r[0]), start=1):
@@ -144,7 +136,7 @@ def to_coco(
         for label, mask, score in entries:
             if label not in cat_id:
                 raise ValueError(f"{file_name}: label {label!r} is not among the categories {sorted(cat_id)}")
-            mask = _resize(np.asarray(mask), height, width)
+            mask = resize_mask(np.asarray(mask), height, width)
             if not mask.any():
                 continue
             segm = encode_segmentation(mask, segmentation, tolerance=tolerance, min_area=min_area)
@@ -228,7 +220,7 @@ def coco_results(predictions: Mapping[str, Any], ground_truth: Mapping[str, Any]
             )
         if not isinstance(ann.get("score"), Real):
             raise ValueError(f"prediction annotation {ann['id']} has no numeric score")
-        rle = _segmentation_rle(ann["segmentation"], img["height"], img["width"])
+        rle = segmentation_to_rle(ann["segmentation"], img["height"], img["width"])
         segm = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
         out.append({"image_id": gt["id"], "category_id": gt_cats[name], "segmentation": segm,
                     "score": float(ann["score"])})
@@ -293,12 +285,12 @@ def validate_coco(dataset: Mapping[str, Any]) -> None:
         segm = ann.get("segmentation")
         try:
             if isinstance(segm, Mapping):
-                size = list(_to_rle(dict(segm))["size"])
+                size = list(check_rle(dict(segm))["size"])
                 if size != list(images[ann["image_id"]]):
                     image_hw = list(images[ann["image_id"]])
                     raise ValueError(f"RLE size {size} does not match its image (h x w) {image_hw}")
             elif segm is not None:
-                _check_polygons(segm)
+                check_polygons(segm)
         except (TypeError, ValueError) as exc:
             _fail(where, f"segmentation: {exc}")
 

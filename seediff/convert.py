@@ -22,7 +22,8 @@ import pycocotools.mask as mask_utils
 
 __all__ = [
     "mask_to_polygons", "polygons_to_mask", "mask_to_rle", "rle_to_mask", "has_holes",
-    "encode_segmentation", "segmentation_to_mask", "area_bbox",
+    "encode_segmentation", "segmentation_to_mask", "area_bbox", "check_polygons", "check_rle", "segmentation_to_rle",
+    "resize_mask",
 ]
 
 Polygon = list[float]
@@ -112,7 +113,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.5, min_area: float =
     return polygons
 
 
-def _check_polygons(polygons: Sequence[Sequence[float]]) -> list[list[float]]:
+def check_polygons(polygons: Sequence[Sequence[float]]) -> list[list[float]]:
     """Validate COCO polygons (flat, even length, ≥ 3 points, finite) and return them as float lists."""
     if isinstance(polygons, (str, bytes, dict)) or not isinstance(polygons, Sequence):
         raise TypeError(f"polygons must be a list of flat [x0, y0, x1, y1, ...] lists, got {type(polygons).__name__}")
@@ -138,7 +139,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: in
     """Rasterise COCO polygons exactly as COCO does (``frPyObjects`` → ``merge`` → ``decode``); bool (H, W)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
-    coords = _check_polygons(polygons)
+    coords = check_polygons(polygons)
     if not coords:
         return np.zeros((height, width), dtype=bool)
     # Checked above: every ring has >= 6 numbers, so frPyObjects never mistakes one for a 4-number bbox.
@@ -153,8 +154,8 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _to_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """Validated pycocotools RLE object (counts bytes) from compressed (str/bytes) or uncompressed (list) RLE."""
+def check_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """Validate COCO RLE (compressed str/bytes or uncompressed list counts); pycocotools RLE object (counts bytes)."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise TypeError("RLE must be a dict with 'size' [h, w] and 'counts'")
     size = rle["size"]
@@ -210,7 +211,7 @@ def _compressed_runs(counts: bytes) -> list[int]:
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Decode COCO RLE (compressed str/bytes or uncompressed list counts) to a bool (H, W) mask."""
-    return mask_utils.decode(_to_rle(rle)).astype(bool)
+    return mask_utils.decode(check_rle(rle)).astype(bool)
 
 
 def encode_segmentation(
@@ -230,14 +231,14 @@ def encode_segmentation(
     return mask_to_polygons(mask, tolerance=tolerance, min_area=min_area)
 
 
-def _segmentation_rle(segmentation: Segmentation, height: int, width: int) -> dict[str, Any]:
+def segmentation_to_rle(segmentation: Segmentation, height: int, width: int) -> dict[str, Any]:
     """pycocotools RLE object for polygons or RLE, checking an RLE's size against (height, width)."""
     if isinstance(segmentation, dict):
-        obj = _to_rle(segmentation)
+        obj = check_rle(segmentation)
         if list(obj["size"]) != [height, width]:
             raise ValueError(f"RLE size {list(obj['size'])} does not match image {height}x{width} (h x w)")
         return obj
-    coords = _check_polygons(segmentation)
+    coords = check_polygons(segmentation)
     if not coords:
         return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
     return mask_utils.merge(mask_utils.frPyObjects(coords, int(height), int(width)))
@@ -247,10 +248,17 @@ def segmentation_to_mask(segmentation: Segmentation, height: int, width: int) ->
     """Bool (H, W) mask of a COCO ``segmentation`` (polygon list or RLE dict), rasterised as COCO does."""
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be positive, got {height}x{width}")
-    return mask_utils.decode(_segmentation_rle(segmentation, height, width)).astype(bool)
+    return mask_utils.decode(segmentation_to_rle(segmentation, height, width)).astype(bool)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a mask to (height, width), as bool; the mask itself when it has that size."""
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(np.asarray(mask, np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
 def area_bbox(segmentation: Segmentation, height: int, width: int) -> tuple[float, list[float]]:
     """COCO ``area`` (pixel count) and ``bbox`` ``[x, y, w, h]`` of a segmentation, from pycocotools."""
-    obj = _segmentation_rle(segmentation, height, width)
+    obj = segmentation_to_rle(segmentation, height, width)
     return float(mask_utils.area(obj)), [float(v) for v in mask_utils.toBbox(obj)]

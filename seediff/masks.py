@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ClassMasks", "assign_labels", "resolve_overlaps", "one_hot", "labels_from_stack", "class_scores", "resize_stack",
+    "ClassMasks", "assign_labels", "resolve_overlaps", "one_hot", "class_scores", "resize_stack",
 ]
 
 
@@ -116,11 +116,6 @@ def resolve_overlaps(
 def one_hot(labels: torch.Tensor, n: int) -> torch.Tensor:
     """fp32 ``[n + 1, H, W]`` indicator stack (channel 0 background) of int labels in ``[0, n]``."""
     return F.one_hot(labels.long(), n + 1).permute(2, 0, 1).float()
-
-
-def labels_from_stack(stack: torch.Tensor) -> torch.Tensor:
-    """Labels from a ``[n + 1, H, W]`` stack (channel 0 background) by argmax (ties: lower channel)."""
-    return stack.float().argmax(0)
 
 
 def resize_stack(stack: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -19,8 +19,10 @@ import torch
 from PIL import Image, ImageOps
 
 from .capture import AttentionMaps, CaptureConfig, trace
+from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "check_prompt", "photo_size", "PHOTO_MODES"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "embed_prompts",
+           "PHOTO_MODES"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -45,24 +47,6 @@ class Traced:
         return one
 
 
-def check_prompt(tokenizer, prompt: str | Sequence[str]) -> list[str]:
-    """Prompts as a list; ValueError if one is empty or longer than the text encoder takes."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("no prompt given")
-    limit = int(getattr(tokenizer, "model_max_length", 77))
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt must be a non-empty string, got {p!r}")
-        n = len(tokenizer(p).input_ids)
-        if n > limit:
-            raise ValueError(
-                f"prompt has {n} tokens (with start/end) but the text encoder takes at most {limit}: "
-                f"shorten it or use fewer class words: {p[:80]!r}…"
-            )
-    return prompts
-
-
 def _size_multiple(pipe) -> int:
     """Pixel multiple that keeps every UNet level's grid exact (VAE factor × 2^(levels−1))."""
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
@@ -77,7 +61,7 @@ def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, in
     return H, W
 
 
-def _as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
+def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
     """An RGB PIL image from a PIL image, an HxWx3 uint8 array or a file path, EXIF orientation applied."""
     if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
         with Image.open(image) as im:
@@ -100,7 +84,7 @@ def input_size(pipe, hw: tuple[int, int], resolution: int | None = None) -> tupl
     return photo_size(hw, native, _size_multiple(pipe))
 
 
-def _encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+def encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
     H, W = size
     x = np.asarray(rgb.resize((W, H), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
@@ -109,7 +93,7 @@ def _encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor
     return posterior.mean * pipe.vae.config.scaling_factor
 
 
-def _embed(pipe, prompts: list[str]) -> torch.Tensor:
+def embed_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Conditional text embeddings (no negative prompt: photo modes run without guidance)."""
     emb, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
     return emb
@@ -142,7 +126,6 @@ def generate(
     maps.mode = "generate"
     maps.meta.update(seed=int(seed), steps=steps, guidance=guidance, prompts=prompts,
                      image_hw=(images[0].height, images[0].width))
-    maps.meta["method_defaults"] = getattr(pipe, "seediff_defaults", {})
     maps.original_hw = (images[0].height, images[0].width)
     if len(images) == 1:
         maps.image = np.asarray(images[0].convert("RGB"))
@@ -183,9 +166,9 @@ def read_photo(
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    rgb = _as_rgb(image)
+    rgb = as_rgb(image)
     size = input_size(pipe, (rgb.height, rgb.width), resolution)
-    latents = _encode_photo(pipe, rgb, size)
+    latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
@@ -200,10 +183,10 @@ def read_photo(
     elif mode == "invert":  # inversion passes run outside the trace: only the denoise back is recorded
         inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
         inverse.set_timesteps(n_steps, device=latents.device)
-        start = _invert(pipe, inverse, latents, _embed(pipe, prompts), run)
+        start = _invert(pipe, inverse, latents, embed_prompts(pipe, prompts), run)
 
     with trace(pipe, capture, cfg=False) as maps:
-        emb = _embed(pipe, prompts)
+        emb = embed_prompts(pipe, prompts)
         if mode == "noise":
             ts = torch.tensor([t], device=latents.device)
             pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb)
@@ -220,7 +203,6 @@ def read_photo(
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)
-    maps.meta["method_defaults"] = getattr(pipe, "seediff_defaults", {})
     return Traced([rgb], maps)
 
 

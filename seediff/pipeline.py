@@ -7,20 +7,32 @@ CLI, the backend and the tests work offline. Real use means SD 1.5/2.1 weights f
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["load_pipeline", "resolve_device", "resolve_dtype", "BUILTIN_MODELS", "ModelLoadError"]
+from .defaults import ModelDefaults, read_model_defaults
+
+__all__ = ["load_model", "load_pipeline", "LoadedModel", "model_defaults", "resolve_device", "resolve_dtype",
+           "BUILTIN_MODELS", "ModelLoadError"]
 
 _MODELS_DIR = Path(__file__).parent / "models"
 BUILTIN_MODELS: dict[str, Path] = {"builtin:shapes": _MODELS_DIR / "shapes"}
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
-METHOD_DEFAULTS_FILE = "seediff.json"
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded pipeline and the defaults its folder ships (``seediff.json``; reference values when none)."""
+
+    pipe: Any
+    defaults: ModelDefaults
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -108,13 +120,14 @@ def _from_hub(model_id: str, dtype: torch.dtype):
             raise ModelLoadError(hint + f" Downloading it failed: {type(exc).__name__}.") from None
 
 
-def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | torch.device | None = None,
-                  dtype: str | torch.dtype | None = None, *, config: str | os.PathLike | None = None):
-    """Load a Stable Diffusion 1.x/2.x pipeline from a folder, a checkpoint file, a hub id or a builtin name.
+def load_model(model: str | os.PathLike = "builtin:shapes", device: str | torch.device | None = None,
+               dtype: str | torch.dtype | None = None, *, config: str | os.PathLike | None = None) -> LoadedModel:
+    """Load a Stable Diffusion 1.x/2.x pipeline from a folder, a checkpoint file, a hub id or a builtin name,
+    with the model's own defaults (its folder's ``seediff.json``, validated here).
 
     Device: cuda > mps > cpu unless given; dtype: fp16 on CUDA, fp32 elsewhere unless given.
     ``config``: for a single checkpoint file offline, a local diffusers folder (or cached hub id) with its configs.
-    Raises ModelLoadError with what to pass instead when the model cannot be found.
+    Raises ModelLoadError with what to pass instead when the model cannot be found or its defaults are bad.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -123,47 +136,35 @@ def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | tor
         path = BUILTIN_MODELS[name]
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{name} is not installed at {path}: reinstall seediff, or pass a model folder")
-        pipe = _from_folder(path, dt)
     elif name.startswith("builtin:"):
         raise ModelLoadError(f"unknown builtin model {name!r}; known: {sorted(BUILTIN_MODELS)}")
     else:
         path = Path(name).expanduser()
-        if path.is_dir():
-            pipe = _from_folder(path, dt)
-        elif path.is_file():
-            if not name.endswith(_SINGLE_FILE_SUFFIXES):
-                raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(_SINGLE_FILE_SUFFIXES)})")
-            pipe = _from_single_file(path, dt, config)
-        elif _looks_like_hub_id(name):
-            pipe = _from_hub(name, dt)
-        else:
-            raise ModelLoadError(f"model path {path} does not exist")
+    defaults = model_defaults(path) if path.is_dir() else ModelDefaults()  # refuse a bad file before loading
+    if path.is_dir():
+        pipe = _from_folder(path, dt)
+    elif path.is_file():
+        if not name.endswith(_SINGLE_FILE_SUFFIXES):
+            raise ModelLoadError(f"{path} is a file but not a checkpoint ({', '.join(_SINGLE_FILE_SUFFIXES)})")
+        pipe = _from_single_file(path, dt, config)
+    elif _looks_like_hub_id(name):
+        pipe = _from_hub(name, dt)
+    else:
+        raise ModelLoadError(f"model path {path} does not exist")
     pipe = pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
-    pipe.seediff_defaults = method_defaults(path) if path.is_dir() else {}
-    return pipe
+    return LoadedModel(pipe, defaults)
 
 
-def method_defaults(folder: Path) -> dict[str, dict]:
-    """Mask-method config overrides a model folder ships in ``seediff.json`` (``{"seediff": {...}}``): the
-    settings measured best for that model, used whenever a caller passes no config. Missing file → {}."""
-    f = Path(folder) / METHOD_DEFAULTS_FILE
-    if not f.is_file():
-        return {}
-    import json
+def load_pipeline(model: str | os.PathLike = "builtin:shapes", device: str | torch.device | None = None,
+                  dtype: str | torch.dtype | None = None, *, config: str | os.PathLike | None = None):
+    """The diffusers pipeline alone (:func:`load_model` without the model's defaults), same arguments."""
+    return load_model(model, device, dtype, config=config).pipe
 
+
+def model_defaults(folder: str | os.PathLike) -> ModelDefaults:
+    """The defaults a model folder ships (:func:`seediff.defaults.read_model_defaults`); ModelLoadError if bad."""
     try:
-        data = json.loads(f.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{f} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for k, v in data.items() if k != "about"):
-        raise ModelLoadError(f"{f} must map method names to objects of config fields")
-    out = {k: v for k, v in data.items() if k != "about"}
-    from .segment import config_with
-
-    for method, overrides in out.items():  # refuse a bad file at load time, not at the first segment call
-        try:
-            config_with(method, overrides)
-        except (TypeError, ValueError) as e:
-            raise ModelLoadError(f"{f}: {e}") from None
-    return out
+        return read_model_defaults(folder)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(str(e)) from None

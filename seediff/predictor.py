@@ -16,22 +16,14 @@ import numpy as np
 from PIL import Image
 
 from .capture import AttentionMaps, CaptureConfig
+from .defaults import ModelDefaults
 from .masks import ClassMasks
-from .presence import PRESENCE_THRESHOLD, present_classes, presence_scores
-from .segment import _check_classes, segment
+from . import modes
+from .presence import present_classes, presence_scores
+from .prompts import DEFAULT_TEMPLATE, check_classes, check_template, class_prompt
+from .segment import segment
 
-__all__ = ["SeeDiffPredictor", "class_prompt"]
-
-
-def class_prompt(classes: Sequence[str], template: str = "a photo of {}") -> str:
-    """The prompt a photo is read with when none was given: ``template`` filled with 'a x and a y …'.
-
-    ``class_prompt(["dog", "cat"])`` → 'a photo of a dog and a cat'.
-    """
-    words = list(classes)
-    if not words:
-        raise ValueError("no classes to build a prompt from")
-    return template.format(" and ".join(f"a {w}" for w in words))
+__all__ = ["SeeDiffPredictor"]
 
 
 def _only(seeds, kept: list[str]):
@@ -55,16 +47,24 @@ class SeeDiffPredictor:
 
     ``pipe``: a diffusers Stable Diffusion pipeline (``seediff.load_pipeline``). ``capture``: what to record
     (default: ``CaptureConfig()``). ``prompt_template``: used to read a photo set without a prompt.
+    ``defaults``: the model's own settings (``seediff.load_model(...).defaults``): the method config used when
+    ``predict`` gets none, and the presence threshold of ``drop_absent`` (default: reference values).
+    :meth:`from_model` takes both from a :class:`seediff.pipeline.LoadedModel`.
     """
 
-    def __init__(self, pipe, capture: CaptureConfig | None = None, prompt_template: str = "a photo of {}") -> None:
-        if "{}" not in prompt_template:
-            raise ValueError(f"prompt_template must contain '{{}}', got {prompt_template!r}")
+    def __init__(self, pipe, capture: CaptureConfig | None = None, prompt_template: str = DEFAULT_TEMPLATE,
+                 defaults: ModelDefaults | None = None) -> None:
         self.pipe = pipe
         self.capture = capture
-        self.prompt_template = prompt_template
-        self.presence_threshold = PRESENCE_THRESHOLD  # drop_absent's decision threshold (model-specific)
+        self.prompt_template = check_template(prompt_template)
+        self.defaults = ModelDefaults() if defaults is None else defaults
         self.reset_image()
+
+    @classmethod
+    def from_model(cls, model, capture: CaptureConfig | None = None,
+                   prompt_template: str = DEFAULT_TEMPLATE) -> "SeeDiffPredictor":
+        """A predictor for a :class:`seediff.pipeline.LoadedModel` (its pipeline and its defaults)."""
+        return cls(model.pipe, capture, prompt_template, model.defaults)
 
     # ---- the expensive part -----------------------------------------------------------------------------
     def reset_image(self) -> None:
@@ -80,10 +80,8 @@ class SeeDiffPredictor:
     def generate(self, prompt: str, seed: int = 0, **kwargs) -> Image.Image:
         """Generate an image for ``prompt`` (``seediff.modes.generate`` kwargs: steps, guidance, height, width…)
         and keep its attention; returns the image."""
-        from .modes import generate
-
         self.reset_image()
-        traced = generate(self.pipe, prompt, seed=seed, capture=self.capture, **kwargs)
+        traced = modes.generate(self.pipe, prompt, seed=seed, capture=self.capture, **kwargs)
         self._image = traced.image
         self._maps = traced.maps_for(0)
         return self._image
@@ -95,14 +93,12 @@ class SeeDiffPredictor:
         class words must then be words of that prompt. Without it, each ``predict`` reads the photo with a
         prompt made from its classes (once per distinct class list).
         """
-        from .modes import _as_rgb, read_photo
-
         self.reset_image()
-        self._photo = _as_rgb(photo)
+        self._photo = modes.as_rgb(photo)
         self._image = self._photo
         self._photo_kwargs = dict(kwargs)
         if prompt is not None:
-            traced = read_photo(self.pipe, self._photo, prompt, capture=self.capture, **kwargs)
+            traced = modes.read_photo(self.pipe, self._photo, prompt, capture=self.capture, **kwargs)
             self._maps = traced.maps
 
     @property
@@ -130,11 +126,9 @@ class SeeDiffPredictor:
         """Maps (and their cache) that contain the classes: the stored ones, or a photo read for them."""
         if self._maps is not None:
             return self._maps, self._cache
-        from .modes import read_photo
-
         prompt = class_prompt(classes, self.prompt_template)
         if prompt not in self._by_prompt:
-            traced = read_photo(self.pipe, self._photo, prompt, capture=self.capture, **self._photo_kwargs)
+            traced = modes.read_photo(self.pipe, self._photo, prompt, capture=self.capture, **self._photo_kwargs)
             self._by_prompt[prompt] = (traced.maps, {})
         return self._by_prompt[prompt]
 
@@ -152,16 +146,18 @@ class SeeDiffPredictor:
 
         ``drop_absent``: run the generative presence test (:mod:`seediff.presence`, 6 batched UNet calls, once per
         class list) and give classes it decides absent an empty mask (reason says so) instead of segmenting them;
-        classes with user points or boxes are always kept.
+        classes with user points or boxes are always kept. ``config`` None: the model's
+        (``defaults.config(method)``).
         """
         self._require()
-        words = _check_classes(classes)
+        words = check_classes(classes)
+        config = self.defaults.config(method) if config is None else config
         maps, cache = self._maps_for(words)
         if not drop_absent or len(words) < 2:
             return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
         scores = self.presence(words)
         seeded = {c for seeds in (points, boxes) if isinstance(seeds, dict) for c, v in seeds.items() if v}
-        present = set(present_classes(scores, self.presence_threshold))
+        present = set(present_classes(scores, self.defaults.presence_threshold))
         kept = [c for c in words if c in present or c in seeded]
         out = segment(maps, kept, method=method, config=config, points=_only(points, kept), boxes=_only(boxes, kept),
                       cache=cache)
@@ -171,7 +167,7 @@ class SeeDiffPredictor:
     def presence(self, classes: Sequence[str]) -> dict[str, float]:
         """Presence scores of ``classes`` on the current image (:func:`seediff.presence.presence_scores`), cached."""
         self._require()
-        words = tuple(_check_classes(classes))
+        words = tuple(check_classes(classes))
         if words not in self._presence:
             seed = int(self._photo_kwargs.get("seed", 0))
             self._presence[words] = presence_scores(self.pipe, self._image, words, self.prompt_template, seed=seed)

@@ -19,19 +19,21 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .modes import as_rgb, embed_prompts, encode_photo, input_size
+from .prompts import DEFAULT_TEMPLATE, check_classes, check_prompt, class_prompt
+
 __all__ = ["PRESENCE_TIMESTEPS", "PRESENCE_NOISES", "PRESENCE_THRESHOLD", "presence_prompts", "presence_scores",
            "present_classes"]
 
 PRESENCE_TIMESTEPS: tuple[int, ...] = (100, 300, 500)
 PRESENCE_NOISES = 2  # noise draws per timestep: 3 × 2 = 6 batched UNet calls
 # Chosen on the dev split (40 + 40 scenes, every class in the prompt) for builtin:shapes; a raw error difference.
+# The fallback for a model whose seediff.json sets none (``ModelDefaults.presence_threshold``).
 PRESENCE_THRESHOLD = -0.002
 
 
-def presence_prompts(classes: Sequence[str], template: str = "a photo of {}") -> list[str]:
+def presence_prompts(classes: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str]:
     """The 2K+1 prompts of the test: all classes, then all but each class, then each class alone."""
-    from .predictor import class_prompt
-
     words = list(classes)
     if len(words) < 2:
         raise ValueError(f"the presence test needs at least 2 classes, got {words}")
@@ -40,7 +42,7 @@ def presence_prompts(classes: Sequence[str], template: str = "a photo of {}") ->
 
 
 @torch.no_grad()
-def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = "a photo of {}", *,
+def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = DEFAULT_TEMPLATE, *,
                     timesteps: Sequence[int] = PRESENCE_TIMESTEPS, noises: int = PRESENCE_NOISES,
                     seed: int = 0) -> dict[str, float]:
     """``{class: score}`` for a photo (PIL image, uint8 array or path); higher means more likely present.
@@ -48,10 +50,7 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     One batched UNet call of 2K+1 prompts per (timestep, noise draw); the noise is fixed by ``seed`` and shared
     by every prompt, so the error differences compare prompts, not noise.
     """
-    from .modes import _as_rgb, _embed, _encode_photo, check_prompt, input_size
-    from .segment import _check_classes
-
-    words = _check_classes(classes)
+    words = check_classes(classes)
     if noises < 1:
         raise ValueError(f"noises must be >= 1, got {noises}")
     n_train = int(pipe.scheduler.config.num_train_timesteps)
@@ -60,9 +59,9 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     if len(words) == 1:
         return {words[0]: 0.0}
     prompts = check_prompt(pipe.tokenizer, presence_prompts(words, prompt_template))
-    rgb = _as_rgb(image)
-    latents = _encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width)))
-    emb = _embed(pipe, prompts)
+    rgb = as_rgb(image)
+    latents = encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width)))
+    emb = embed_prompts(pipe, prompts)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     draws = [torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
              for _ in range(noises)]

@@ -1,119 +1,24 @@
-"""segment(maps, classes, method) → ClassMasks: SeeDiff and the cross-attention baselines behind one interface.
+"""segment(maps, classes, method) → ClassMasks: any mask method (``seediff.methods``) behind one generic loop.
 
-SeeDiff, for all classes at once (seed groups of every class go through one mat-mat per level):
-seeds (cross-attention at ``seed_levels``, Otsu on the squared map or fixed α; user points/boxes) →
-expand at ``expand_level`` (summed cosine over row-normalised self-attention, or the mean seed row) →
-background consistency at ``background_levels`` → resize to the working size, threshold → exclusive labels
-(argmax with a background channel) → PAMR on the image → resize to the image size.
-A class whose word is absent or whose maps are flat gets an empty mask and a reason, never an exception.
+Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → boxes cut
+the maps → exclusive labels (argmax with a background channel) → the method's refinement → resize to the
+image size. A class whose word is absent or whose maps are flat gets an empty mask and a reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .baseline import DAAMConfig, DiffuMaskConfig, _check_common, _check_levels, daam_probs, diffumask_probs
 from .capture import AttentionMaps
-from .expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
-from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack, resolve_overlaps
-from .refine import background_consistency, image_tensor, pamr, pamr_affinity
-from .seeds import (
-    UserPrompt, aggregate_layers, boxes_mask, fixed_seeds, minmax, otsu_seeds, point_cells, rescale, user_prompts,
-)
+from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
+from .methods import METHODS, get_method
+from .prompts import check_classes
+from .seeds import UserPrompt, user_prompts
 
-__all__ = [
-    "SeeDiffConfig", "segment", "default_config", "config_with", "METHODS", "CONFIGS", "output_hw", "working_hw", "model_side",
-    "as_fp32", "seediff_probs", "seed_map",
-]
-
-_UPSAMPLE = ("bicubic", "bilinear")
-_OVERLAP = ("argmax", "attention")
-
-
-@dataclass(frozen=True)
-class SeeDiffConfig:
-    """SeeDiff's constants, reference defaults except ``overlap`` (levels as in ``seediff.capture``: SD 1.5 2 = 16²).
-
-    seed_levels: cross-attention levels whose maps seed the class (reference 16² = (2,); follow-up 8²+16² =
-        (3, 2)). Each level: per-layer min-max, sum, min-max; levels resized to the expansion grid and summed.
-    expand_level: level of the self-attention used to expand the seeds (reference 16²).
-    background_levels: levels of the background-consistency steps, in order (reference 32² then 64²).
-    seeds: 'otsu' (reference: Otsu on ``map ** seed_power``) or 'fixed' (follow-up: ``map > alpha``).
-    expansion: 'cosine' (reference: Σ_s cos(A_i, A_s)) or 'mean' (follow-up: mean of the seed rows).
-    background_power: background seeds are cells of ``P ** background_power`` at or below Otsu.
-    threshold: final threshold on the min-max normalised map at the working size (reference demo 0.3).
-    pamr_iterations: PAMR rounds (0 = off). The reference runs 5000; 100 is near the best IoU on the
-        synthetic sharp-edge study (bench/pamr_iterations.py), and quality falls on textured images beyond.
-    pamr_threshold: after PAMR a class keeps pixels where its min-max normalised refined mask exceeds this
-        (reference 0.8); overlaps go to the larger value.
-    pamr_dilations, pamr_sigma_scale: PAMR's neighbourhood dilations (3×3 each) and σ factor (reference 0.2).
-    clip_to_box: with user boxes, the class's mask is cut to the union of its boxes.
-    exclude_special: renormalise cross-attention over the prompt's real tokens.
-    flat_eps: relative range below which a map counts as flat (→ empty mask and a reason).
-    work_max_side: cap on the long side of the working size; masks are made at most at the size the model
-        saw (``model_side``) and at most this, then resized to the image.
-    upsample: interpolation between levels and to the working size (reference: bicubic).
-    overlap: a pixel several classes' final maps claim goes to the class whose seed map (its cross-attention) is
-        highest there ('attention', default; requests without user points/boxes) or to the highest final map
-        ('argmax', the reference). Previous builtin:shapes, 2-object photo mIoU 0.70 → 0.77 (docs/QUALITY.md).
-    """
-
-    seed_levels: tuple[int, ...] = (2,)
-    expand_level: int = 2
-    background_levels: tuple[int, ...] = (1, 0)
-    seeds: str = "otsu"
-    seed_power: float = 2.0
-    alpha: float = 0.5
-    expansion: str = "cosine"
-    background_power: float = 2.0
-    threshold: float = 0.3
-    pamr_iterations: int = 100
-    pamr_threshold: float = 0.8
-    pamr_dilations: tuple[int, ...] = (1,)
-    pamr_sigma_scale: float = 0.2
-    clip_to_box: bool = True
-    exclude_special: bool = True
-    flat_eps: float = 1e-4
-    work_max_side: int = 512
-    upsample: str = "bicubic"
-    overlap: str = "attention"
-
-    def __post_init__(self) -> None:
-        _check_levels("seed_levels", self.seed_levels)
-        if isinstance(self.expand_level, bool) or not isinstance(self.expand_level, int) or self.expand_level < 0:
-            raise ValueError(f"expand_level must be a non-negative int, got {self.expand_level!r}")
-        if not isinstance(self.background_levels, tuple) or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in self.background_levels
-        ):
-            raise ValueError(f"background_levels must be a tuple of non-negative ints, got {self.background_levels!r}")
-        if self.seeds not in ("otsu", "fixed"):
-            raise ValueError(f"seeds must be 'otsu' or 'fixed', got {self.seeds!r}")
-        if self.expansion not in EXPANSIONS:
-            raise ValueError(f"expansion must be one of {EXPANSIONS}, got {self.expansion!r}")
-        for name in ("seed_power", "background_power", "pamr_sigma_scale"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("alpha", "threshold", "pamr_threshold"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        its = self.pamr_iterations
-        if isinstance(its, bool) or not isinstance(its, int) or its < 0:
-            raise ValueError(f"pamr_iterations must be an int >= 0, got {self.pamr_iterations!r}")
-        if not isinstance(self.pamr_dilations, tuple) or not self.pamr_dilations or any(
-            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.pamr_dilations
-        ):
-            raise ValueError(f"pamr_dilations must be a non-empty tuple of positive ints, got {self.pamr_dilations!r}")
-        if self.overlap not in _OVERLAP:
-            raise ValueError(f"overlap must be one of {_OVERLAP}, got {self.overlap!r}")
-        if self.upsample not in _UPSAMPLE:
-            raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {self.upsample!r}")
-        _check_common(self)
-
+__all__ = ["segment", "output_hw", "working_hw", "model_side", "as_fp32"]
 
 # ---- sizes --------------------------------------------------------------------------------------------------
 
@@ -163,189 +68,6 @@ def model_side(maps: AttentionMaps, out_hw: tuple[int, int]) -> int:
     return int(max(seen))
 
 
-def _resize(x: torch.Tensor, hw: tuple[int, int], mode: str) -> torch.Tensor:
-    """Resize ``[K, h, w]`` maps: ``mode`` when enlarging, area averaging when shrinking."""
-    if tuple(x.shape[-2:]) == tuple(hw):
-        return x.float()
-    shrink = hw[0] < x.shape[-2] or hw[1] < x.shape[-1]
-    kw = {} if shrink else {"align_corners": False}
-    return F.interpolate(x.float()[None], size=tuple(hw), mode="area" if shrink else mode, **kw)[0]
-
-
-# ---- SeeDiff ------------------------------------------------------------------------------------------------
-
-
-def _self_hat(maps: AttentionMaps, level: int, batch: int, cache: dict | None) -> torch.Tensor:
-    """Row-normalised first-decoder self-attention at ``level`` (memoised in ``cache`` if given)."""
-    key = ("self_hat", batch, level)
-    if cache is not None and key in cache:
-        return cache[key]
-    hat = row_normalize(maps.self_attention(level, batch))
-    if cache is not None:
-        cache[key] = hat
-    return hat
-
-
-def _check_seediff_levels(maps: AttentionMaps, cfg: SeeDiffConfig) -> None:
-    """ValueError naming the recorded levels when the config asks for one that was not recorded."""
-    cross, self_ = maps.available_levels("cross"), maps.available_levels("self")
-    missing = [lv for lv in cfg.seed_levels if lv not in cross]
-    if missing:
-        raise ValueError(f"seediff: seed_levels {missing} have no recorded cross-attention; recorded: {cross}")
-    missing = [lv for lv in (cfg.expand_level, *cfg.background_levels) if lv not in self_]
-    if missing:
-        raise ValueError(
-            f"seediff: levels {missing} (expand_level/background_levels) have no recorded self-attention; "
-            f"recorded: {self_} (CaptureConfig.self_levels chooses them)"
-        )
-
-
-def seed_map(maps: AttentionMaps, word: str, cfg: SeeDiffConfig, hw: tuple[int, int], batch: int = 0) -> torch.Tensor:
-    """The class's cross-attention map on the expansion grid ``hw``, in [0, 1] (zeros when flat)."""
-    total = None
-    for lv in cfg.seed_levels:
-        agg = aggregate_layers(maps.cross_maps(word, lv, batch, exclude_special=cfg.exclude_special), cfg.flat_eps)
-        agg = _resize(agg[None], hw, cfg.upsample)[0]
-        total = agg if total is None else total + agg
-    return minmax(total, cfg.flat_eps)
-
-
-def _level_constraints(
-    prompt: UserPrompt, image_hw, grid_hw, device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(background additions, foreground keeps, box cells) on one grid, as flat bool ``[h·w]`` tensors."""
-    n = grid_hw[0] * grid_hw[1]
-    add = torch.zeros(n, dtype=torch.bool)
-    keep = torch.zeros(n, dtype=torch.bool)
-    if len(prompt.negative):
-        add[point_cells(prompt.negative, image_hw, grid_hw)] = True
-    if len(prompt.positive):
-        keep[point_cells(prompt.positive, image_hw, grid_hw)] = True
-    box = boxes_mask(prompt.boxes, image_hw, grid_hw)
-    if box is not None:
-        add |= ~box.reshape(-1)
-        box = box.reshape(-1).to(device)
-    add &= ~keep
-    return add.to(device), keep.to(device), box
-
-
-def seediff_probs(
-    maps: AttentionMaps,
-    classes: list[str],
-    cfg: SeeDiffConfig,
-    hw: tuple[int, int],
-    batch: int = 0,
-    prompts: Mapping[str, UserPrompt] | None = None,
-    image_hw: tuple[int, int] | None = None,
-    cache: dict | None = None,
-) -> tuple[torch.Tensor, list[float], dict[str, str]]:
-    """Per-class SeeDiff maps ``[N, H, W]`` at ``hw`` in [0, 1], their thresholds, and reasons for empty ones."""
-    _check_seediff_levels(maps, cfg)
-    prompts = prompts or {}
-    image_hw = image_hw or hw
-    grid = maps.level_hw(cfg.expand_level)
-    n_cells = grid[0] * grid[1]
-    hat = _self_hat(maps, cfg.expand_level, batch, cache)
-    device = hat.device
-    reasons: dict[str, str] = {}
-    live: list[str] = []
-    groups, owner, adds, smaps = [], [], [], []
-    for word in classes:
-        if not maps.has_word(word, batch):
-            reasons[word] = f"{word!r} is not in the prompt"
-            continue
-        smap = seed_map(maps, word, cfg, grid, batch).to(device)
-        if not bool(smap.any()):
-            reasons[word] = f"the cross-attention of {word!r} is flat (no location)"
-            continue
-        seeds = (otsu_seeds(smap, cfg.seed_power) if cfg.seeds == "otsu" else fixed_seeds(smap, cfg.alpha)).reshape(-1)
-        prompt = prompts.get(word, UserPrompt())
-        add, keep, box = _level_constraints(prompt, image_hw, grid, device)
-        if box is not None:
-            seeds = seeds & box
-            if not bool(seeds.any()):  # no text seed inside the box: the box's most attended cell
-                seeds = torch.zeros_like(seeds)
-                seeds[torch.argmax(torch.where(box, smap.reshape(-1), torch.full_like(smap.reshape(-1), -1.0)))] = True
-        k = len(live)
-        live.append(word)
-        smaps.append(smap)
-        groups.append(seeds.float())
-        owner.append(k)
-        for cell in point_cells(prompt.positive, image_hw, grid).tolist() if len(prompt.positive) else []:
-            g = torch.zeros(n_cells, device=device)
-            g[cell] = 1.0
-            groups.append(g)  # each click is its own group: one click weighs as much as all text seeds
-            owner.append(k)
-        adds.append((add, keep))
-    if not live:
-        return torch.zeros((len(classes), *hw)), [1.0] * len(classes), reasons
-
-    # Expansion: every seed group of every class in one product; per class the max over its groups.
-    scores = expand(maps.self_attention(cfg.expand_level, batch), torch.stack(groups), cfg.expansion,
-                    attn_hat=hat, eps=cfg.flat_eps)
-    own = torch.tensor(owner, device=device)
-    fg = torch.full((len(live), n_cells), -torch.inf, device=device).scatter_reduce(
-        0, own[:, None].expand(-1, n_cells), scores, reduce="amax")
-    user = any(not prompts.get(w, UserPrompt()).empty for w in live)  # text only: no user cells to force
-    add_all = torch.stack([a for a, _ in adds]) if user else None
-    if user and bool(add_all.any()):
-        v = summed_cosine(hat, add_all.float())
-        fg = torch.where(add_all.any(1)[:, None], gate_rows(fg, v, cfg.flat_eps), fg)
-    prev = fg.reshape(len(live), *grid)
-
-    for lv in cfg.background_levels:
-        g_hw = maps.level_hw(lv)
-        add_bg = keep_fg = None
-        if user:
-            cons = [_level_constraints(prompts.get(w, UserPrompt()), image_hw, g_hw, device) for w in live]
-            add_bg = torch.stack([c[0] for c in cons]).reshape(len(live), *g_hw)
-            keep_fg = torch.stack([c[1] for c in cons]).reshape(len(live), *g_hw)
-        prev = background_consistency(
-            prev, _self_hat(maps, lv, batch, cache), g_hw, power=cfg.background_power,
-            add_background=add_bg, keep_foreground=keep_fg, mode=cfg.upsample, eps=cfg.flat_eps,
-        )
-    final = rescale(_resize(prev, hw, cfg.upsample), cfg.flat_eps, dims=(1, 2)).cpu()
-    if cfg.overlap == "attention" and len(live) > 1 and not user:
-        claimed = (final > cfg.threshold).flatten(1).any(1)
-        evidence = _resize(torch.stack(smaps), hw, cfg.upsample).cpu()  # each word's cross-attention
-        final = resolve_overlaps(final, evidence, [cfg.threshold] * len(live))
-        for k, word in enumerate(live):
-            if bool(claimed[k]) and not bool((final[k] > cfg.threshold).any()):
-                reasons[word] = f"{word!r} lost every pixel to words with stronger cross-attention there"
-
-    probs = torch.zeros((len(classes), *hw))
-    for k, word in enumerate(live):
-        m = final[k]
-        if not bool(m.any()):
-            reasons[word] = f"the self-attention expansion of {word!r} is flat"
-        probs[classes.index(word)] = m
-    thresholds = [cfg.threshold if w not in reasons else 1.0 for w in classes]
-    return probs, thresholds, reasons
-
-
-# ---- the public entry ---------------------------------------------------------------------------------------
-
-METHODS: dict[str, Callable] = {"seediff": seediff_probs, "diffumask": diffumask_probs, "daam": daam_probs}
-CONFIGS: dict[str, type] = {"seediff": SeeDiffConfig, "diffumask": DiffuMaskConfig, "daam": DAAMConfig}
-
-
-def _check_classes(classes) -> list[str]:
-    """Class words as a list of distinct, non-empty strings."""
-    if isinstance(classes, str):
-        classes = [classes]
-    if not isinstance(classes, Sequence) or not classes:
-        raise ValueError("classes must be a non-empty list of class words")
-    out = []
-    for c in classes:
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"class words must be non-empty strings, got {c!r}")
-        out.append(c.strip())
-    dup = sorted({c for c in out if out.count(c) > 1})
-    if dup:
-        raise ValueError(f"duplicate class words {dup}")
-    return out
-
-
 def _box_pixels(prompt: UserPrompt, image_hw, hw) -> torch.Tensor | None:
     """Bool ``[H, W]`` at the working size: pixels inside any of the class's boxes (None without boxes)."""
     if not len(prompt.boxes):
@@ -358,23 +80,6 @@ def _box_pixels(prompt: UserPrompt, image_hw, hw) -> torch.Tensor | None:
     for x0, y0, x1, y1 in prompt.boxes:
         out |= ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
     return out
-
-
-def default_config(method: str, maps: AttentionMaps) -> object:
-    """The method's config when none is given: the reference values, with the overrides the model's folder
-    ships in ``seediff.json`` (carried in ``maps.meta['method_defaults']`` by ``generate``/``read_photo``)."""
-    return config_with(method, (maps.meta.get("method_defaults") or {}).get(method, {}))
-
-
-def config_with(method: str, overrides: Mapping[str, object]) -> object:
-    """The method's config with ``overrides`` (JSON values: lists become tuples); ValueError names bad fields."""
-    if method not in CONFIGS:
-        raise ValueError(f"unknown method {method!r}; known: {sorted(CONFIGS)}")
-    cls = CONFIGS[method]
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"the model's seediff.json sets unknown {cls.__name__} fields {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def segment(
@@ -390,33 +95,32 @@ def segment(
 ) -> ClassMasks:
     """Exclusive masks for ``classes`` (words of the prompt) from recorded attention, at the image's size.
 
-    method: 'seediff' | 'diffumask' | 'daam'; config: the method's config (default: reference values and
-    the model's own ``seediff.json`` overrides, see :func:`default_config`).
+    method: a name in :data:`seediff.methods.METHODS` ('seediff' | 'diffumask' | 'daam'); config: the method's
+    config (default: its reference values; a loaded model's own values: ``ModelDefaults.config(method)``).
     points: per class ``{class: [(x, y, label), ...]}`` in image pixels (label 1 positive, 0 negative; bare
     ``(x, y)`` is positive), or a bare list for a single class. boxes: ``{class: [(x0, y0, x1, y1), ...]}``
-    likewise. User seeds are SeeDiff's; boxes also cut the baselines' masks. ``cache``: a dict kept across
-    calls on the same maps (row-normalised attention, PAMR affinities).
+    likewise. Points go to methods that accept them (SeeDiff); boxes cut every method's maps.
+    ``cache``: a dict kept across calls on the same maps (row-normalised attention, PAMR affinities).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    config = default_config(method, maps) if config is None else config
-    if not isinstance(config, CONFIGS[method]):
-        raise TypeError(f"method {method!r} takes a {CONFIGS[method].__name__}, got {type(config).__name__}")
-    classes = _check_classes(classes)
+    mask_method = get_method(method)
+    config = mask_method.config_class() if config is None else config
+    if not isinstance(config, mask_method.config_class):
+        raise TypeError(f"method {method!r} takes a {mask_method.config_class.__name__}, got {type(config).__name__}")
+    classes = check_classes(classes)
     maps = as_fp32(maps)
     out_hw = output_hw(maps)
     hw = working_hw(out_hw, min(config.work_max_side, model_side(maps, out_hw)))
     prompts = user_prompts(classes, points, boxes, out_hw)
-    if method != "seediff" and any(len(p.positive) or len(p.negative) for p in prompts.values()):
-        raise ValueError(f"points are seeds and only method='seediff' uses them (got method={method!r})")
+    if not mask_method.accepts_points and any(len(p.positive) or len(p.negative) for p in prompts.values()):
+        takers = [name for name, m in METHODS.items() if m.accepts_points]
+        raise ValueError(f"points are seeds and only method={takers[0]!r} uses them (got method={method!r})"
+                         if len(takers) == 1 else f"method {method!r} takes no points; methods that do: {takers}")
 
     with torch.no_grad():
-        if method == "seediff":
-            probs, thresholds, reasons = seediff_probs(maps, classes, config, hw, batch, prompts, out_hw, cache)
-        else:
-            probs, thresholds, reasons = METHODS[method](maps, classes, config, hw, batch)
+        probs, thresholds, reasons = mask_method.probs(maps, classes, config, hw, batch=batch, prompts=prompts,
+                                                       image_hw=out_hw, cache=cache)
         probs = probs.float().cpu()
-        clip_boxes = method != "seediff" or config.clip_to_box
+        clip_boxes = mask_method.clips_to_boxes(config)
         boxes_px = [(_box_pixels(prompts[c], out_hw, hw) if clip_boxes else None) for c in classes]
         for i, b in enumerate(boxes_px):
             if b is not None:
@@ -424,8 +128,7 @@ def segment(
         labels = assign_labels(probs, thresholds)
         candidates = [bool((probs[i] > thresholds[i]).any()) for i in range(len(classes))]
         notes: list[str] = []
-        if method == "seediff" and config.pamr_iterations > 0 and bool(labels.any()):
-            labels = _pamr_labels(maps, labels, len(classes), config, hw, boxes_px, cache, notes)
+        labels = mask_method.refine(maps, labels, len(classes), config, hw, boxes_px, cache, notes)
         stack = resize_stack(one_hot(labels, len(classes)), out_hw)
         final = stack.argmax(0)
         scores = class_scores(probs, labels)
@@ -440,23 +143,3 @@ def segment(
                       config=config, notes=notes)
 
 
-def _pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes) -> torch.Tensor:
-    """PAMR on the class indicator masks, then the reference decision (min-max normalised > pamr_threshold)."""
-    if maps.image is None:
-        notes.append("PAMR skipped: the maps carry no image")
-        return labels
-    key = ("pamr_affinity", hw, cfg.pamr_dilations, cfg.pamr_sigma_scale)
-    device = next(iter(maps.self_attn.values()), torch.zeros(0)).device  # refine where the maps live (GPU if any)
-    aff = cache.get(key) if cache is not None else None
-    if aff is None:
-        aff = pamr_affinity(image_tensor(maps.image, hw).to(device), cfg.pamr_dilations, cfg.pamr_sigma_scale)
-        if cache is not None:
-            cache[key] = aff
-    refined = pamr(one_hot(labels, n)[1:].to(aff.device), aff, cfg.pamr_dilations, cfg.pamr_iterations).cpu()
-    normed = minmax(refined, cfg.flat_eps, dims=(1, 2))
-    flat = ~normed.flatten(1).any(1)  # a constant channel (all or nothing of the image) keeps its value
-    refined = torch.where(flat[:, None, None], refined, normed)
-    for i, b in enumerate(boxes_px):
-        if b is not None:
-            refined[i] = torch.where(b, refined[i], torch.zeros_like(refined[i]))
-    return assign_labels(refined, [cfg.pamr_threshold] * n)

@@ -308,7 +308,7 @@ class Learner:
             if annotation.get("was_cancelled"):
                 continue
             evidence.append(self._observe(job.plan, annotation, task))
-        method = self.model.settings.method
+        method = self.model.options.method
 
         def fitter(observations, default_value, images):
             return fit(observations, method, default_value, images=images)
@@ -319,18 +319,19 @@ class Learner:
                  f" ({calibration.digest})" if calibration else "")
 
     def _observe(self, plan: LabelPlan, annotation: Mapping, task: Mapping) -> TaskEvidence:
-        """What the backend proposes for the task vs what the annotation kept."""
-        from seediff.segment import default_config
+        """What the backend proposes for the task (the one prediction path, :func:`.predict.task_masks`, at each
+        value of the mask threshold) vs what the annotation kept."""
+        from .predict import task_masks
 
-        s = self.model.settings
+        options = self.model.options  # the backend's, uncalibrated: evidence is about the model's own proposals
         predictor, size = self.model.read_task(task, plan)
         truth = annotation_truth(annotation.get("result"), plan, size)
-        base = default_config(s.method, predictor.maps)
+        base = predictor.defaults.config(options.method)
 
         def predict(config):
-            return predictor.predict(plan.classes, method=s.method, config=config, drop_absent=s.drop_absent)
+            return task_masks(predictor, plan.classes, options, config=config)
 
-        observations = observe(predict, base, s.method, truth, plan.classes)
+        observations = observe(predict, base, options.method, truth, plan.classes)
         stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
         return TaskEvidence(int(task["id"]), int(annotation["id"]), stamp, self.model.model_version,
-                            getattr(base, mask_knob(s.method, base)), tuple(observations))
+                            getattr(base, mask_knob(options.method, base)), tuple(observations))

@@ -5,19 +5,17 @@ Knows nothing of HTTP; knows nothing of attention either (that is ``seediff``'s 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-
 from .fetch import Fetcher, FetchError
-from .labels import LabelPlan, label_plan, plan_results
-from .preannotate import model_version_for
+from .labels import LabelPlan, label_plan
+from .predict import PredictOptions, read_photo_for, task_masks, task_prediction
 from .settings import Settings
 
 __all__ = ["SeeDiffModel", "context_seeds", "backend_model_version"]
@@ -26,26 +24,9 @@ log = logging.getLogger("seediff_labelstudio")
 
 
 def backend_model_version(s: Settings) -> str:
-    """The model_version for these settings: the preannotate CLI's name for the model, method, photo mode and t,
-    plus a short hash of any other non-default setting that changes the masks (prompt template, seed, steps,
-    drop_absent).
-
-    With default prompt/seed/steps it equals ``model_version_for`` exactly, so tasks pre-annotated by
-    ``seediff preannotate`` with the same settings are skipped by Label Studio, not predicted twice.
-    """
-    extra: dict[str, Any] = {}
-    if s.prompt_template != "a photo of {}":
-        extra["prompt_template"] = s.prompt_template
-    if s.seed != 0:
-        extra["seed"] = s.seed
-    if s.photo_mode != "noise" and s.steps != 10:
-        extra["steps"] = s.steps
-    if s.drop_absent:
-        extra["drop_absent"] = True
-    base = model_version_for(s.model, s.method, s.photo_mode, s.timestep)
-    if not extra:
-        return base
-    return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
+    """The model_version for these settings (:attr:`PredictOptions.model_version`, the one ``seediff preannotate``
+    uses too), so tasks pre-annotated with the same settings are skipped by Label Studio, not predicted twice."""
+    return PredictOptions.from_settings(s).model_version
 
 
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
@@ -94,7 +75,8 @@ class SeeDiffModel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.fetcher = Fetcher(settings)
-        self.pipe = None
+        self.options = PredictOptions.from_settings(settings)
+        self.loaded = None  # seediff.pipeline.LoadedModel: the pipeline and the model's own defaults
         self.error: str | None = None
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.HELD_IMAGES)
@@ -102,17 +84,17 @@ class SeeDiffModel:
         self._predictors: OrderedDict[tuple, Any] = OrderedDict()  # (pixels digest, prompt) → SeeDiffPredictor
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
-        self.model_version = backend_model_version(settings)
+        self.model_version = self.options.model_version  # without a project's calibration
         self.calibrations = None  # set by the app: .for_project(project) → seediff.calibrate.Calibration | None
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> None:
         """Load the pipeline (once, at start-up); on failure keep the reason for /health and /predict."""
-        from seediff.pipeline import load_pipeline
+        from seediff.pipeline import load_model
 
         t0 = time.perf_counter()
         try:
-            self.pipe = load_pipeline(self.settings.model, device=self.settings.device, dtype=self.settings.dtype)
+            self.loaded = load_model(self.settings.model, device=self.settings.device, dtype=self.settings.dtype)
         except Exception as exc:  # any load failure must leave a running service that says why
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("model load failed: %s", self.error)
@@ -121,27 +103,41 @@ class SeeDiffModel:
                  time.perf_counter() - t0, self.model_version)
 
     @property
+    def pipe(self):
+        """The loaded diffusers pipeline (None before :meth:`load` succeeds)."""
+        return None if self.loaded is None else self.loaded.pipe
+
+    @property
     def ready(self) -> bool:
-        return self.pipe is not None
+        return self.loaded is not None
 
     def check_config(self, config: str) -> LabelPlan:
         """The config's label plan; ValueError if it is unsupported or its class words overflow one prompt."""
-        from seediff.modes import check_prompt
-        from seediff.predictor import class_prompt
+        from seediff.prompts import split_vocabulary, token_limit
 
         plan = label_plan(config)
-        if self.pipe is not None:
+        if self.loaded is not None:
             try:
-                check_prompt(self.pipe.tokenizer, class_prompt(plan.classes, self.settings.prompt_template))
+                groups = split_vocabulary(self.pipe.tokenizer, plan.classes, self.options.prompt_template)
             except ValueError as exc:
-                raise ValueError(f"{len(plan.classes)} class words do not fit in one prompt ({exc}); use fewer "
-                                 "labels or shorter predicted_values") from None
+                groups, detail = None, str(exc)
+            if groups is None or len(groups) > 1:
+                limit = token_limit(self.pipe.tokenizer)
+                detail = f"they need {len(groups)} prompts of at most {limit} tokens" if groups else detail
+                raise ValueError(f"{len(plan.classes)} class words do not fit in one prompt ({detail}); use fewer "
+                                 "labels or shorter predicted_values")
         return plan
 
-    def _count(self, **values: float) -> None:
+    def count(self, **values: float) -> None:
+        """Add to the service counters (thread-safe), e.g. ``count(requests=1, request_s=0.2)``."""
         with self._metrics_lock:
             for k, v in values.items():
                 self.metrics[k] += v
+
+    def metrics_snapshot(self) -> dict[str, float]:
+        """A consistent copy of the service counters, for /metrics."""
+        with self._metrics_lock:
+            return dict(self.metrics)
 
     def _hold(self, delta: int) -> None:
         with self._metrics_lock:
@@ -158,31 +154,25 @@ class SeeDiffModel:
         """
         return {"result": [], "score": 0.0, "model_version": self.model_version} if interactive else []
 
-    def calibration_for(self, project: str | int | None):
-        """The calibration a project's predictions use (None: the model's defaults)."""
-        return self.calibrations.for_project(project) if self.calibrations is not None else None
+    def options_for(self, project: str | int | None) -> PredictOptions:
+        """The prediction options of a project: the backend's, with the project's calibration if it has one."""
+        cal = self.calibrations.for_project(project) if self.calibrations is not None else None
+        return dataclasses.replace(self.options, calibration=cal) if cal is not None else self.options
 
     def version_for(self, project: str | int | None) -> str:
         """The model_version of a project's predictions (with its calibration's suffix)."""
-        from seediff.calibrate import calibrated_version
-
-        return calibrated_version(self.model_version, self.calibration_for(project))
+        return self.options_for(project).model_version
 
     def read_task(self, task: Mapping[str, Any], plan: LabelPlan, api_key: str | None = None):
-        """(SeeDiffPredictor holding the task's image read with every class word, image (width, height)): the
-        UNet part of a prediction, for learning from an annotated task."""
-        from seediff.predictor import SeeDiffPredictor, class_prompt
-
-        s = self.settings
+        """(predictor holding the task's image read with every class word, image (width, height)): the UNet part
+        of a prediction, for learning from an annotated task (:mod:`.learn`)."""
         ref = task.get("data", {}).get(plan.data_key) if isinstance(task.get("data"), Mapping) else None
         if ref is None:
             raise ValueError(f"task data has no {plan.data_key!r}")
         image = self.fetcher.fetch(ref, api_key)
         with self._lock:
-            predictor = SeeDiffPredictor(self.pipe, prompt_template=s.prompt_template)
-            predictor.set_image(image, class_prompt(plan.classes, s.prompt_template), mode=s.photo_mode,
-                                t=s.timestep, steps=s.steps, seed=s.seed)
-            self._count(unet_reads=1)
+            predictor = read_photo_for(self.loaded, image, plan.classes, self.options)
+            self.count(unet_reads=1)
         return predictor, (image.width, image.height)
 
     def predict(self, tasks: Sequence[Any], label_config: str, context: Mapping[str, Any] | None = None,
@@ -194,47 +184,44 @@ class SeeDiffModel:
             raise RuntimeError(f"model not loaded: {self.error or 'still loading'}")
         plan = label_plan(label_config)
         interactive = bool(context)
-        calibration = self.calibration_for(project)
+        options = self.options_for(project)
         out: list[dict | list] = []
         for i, task in enumerate(tasks):
             task_id = task.get("id") if isinstance(task, Mapping) else None
             try:
-                out.append(self.predict_task(task, plan, context, api_key, deadline, calibration))
-                self._count(tasks=1)
+                out.append(self.predict_task(task, plan, context, api_key, deadline, options))
+                self.count(tasks=1)
             except TimeoutError:
                 left = len(tasks) - i
                 log.warning("time budget (SEEDIFF_PREDICT_BUDGET=%gs) spent: %d task(s) from task %s on left without "
                             "a prediction; Label Studio asks for them again next time",
                             self.settings.predict_budget, left, task_id)
-                self._count(tasks=left, tasks_deferred=left)
+                self.count(tasks=left, tasks_deferred=left)
                 out += [self._failed(interactive) for _ in range(left)]
                 break
             except (FetchError, ValueError) as exc:
                 log.warning("task %s: %s", task_id, exc)
-                self._count(tasks=1, task_errors=1)
+                self.count(tasks=1, task_errors=1)
                 out.append(self._failed(interactive))
             except Exception as exc:  # an engine bug on one task must not lose the batch
                 log.exception("task %s: unexpected %s", task_id, type(exc).__name__)
-                self._count(tasks=1, task_errors=1)
+                self.count(tasks=1, task_errors=1)
                 out.append(self._failed(interactive))
         return out
 
     def predict_task(self, task: Any, plan: LabelPlan, context: Mapping[str, Any] | None = None,
-                     api_key: str | None = None, deadline: float | None = None, calibration=None) -> dict:
-        """Fetch, read the photo with every class word (SeeDiffPredictor), segment, build Label Studio regions;
-        a project's ``calibration`` (seediff.calibrate) sets the mask threshold and filters/rescores the regions."""
-        from seediff.calibrate import apply_calibration, calibrated_config, calibrated_version
-        from seediff.predictor import SeeDiffPredictor, class_prompt
-        from seediff.segment import default_config
-
+                     api_key: str | None = None, deadline: float | None = None,
+                     options: PredictOptions | None = None) -> dict:
+        """Fetch, read the photo with every class word, segment, build Label Studio regions (:mod:`.predict`);
+        ``options``: a project's (:meth:`options_for`), default the backend's."""
         if not isinstance(task, Mapping) or not isinstance(task.get("data"), Mapping):
             raise ValueError("task has no 'data' object")
         ref = task["data"].get(plan.data_key)
         if ref is None:
             raise ValueError(f"task data has no {plan.data_key!r} (the <Image value='${plan.data_key}'>)")
-        s = self.settings
+        s, options = self.settings, options or self.options
         classes = plan.classes
-        prompt = class_prompt(classes, s.prompt_template)
+        prompt = options.prompt(classes)
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._slots.acquire(timeout=wait):
             raise TimeoutError
@@ -244,7 +231,6 @@ class SeeDiffModel:
             image = self.fetcher.fetch(ref, api_key)
             t1 = time.perf_counter()
             points, boxes = context_seeds(context, plan, (image.width, image.height))
-            seeds = (points or None) if s.method == "seediff" else None  # points are SeeDiff seeds
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
             key = (image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest(), prompt)
@@ -252,19 +238,14 @@ class SeeDiffModel:
                 t2 = time.perf_counter()
                 predictor = self._predictors.pop(key, None)
                 if predictor is None:
-                    predictor = SeeDiffPredictor(self.pipe, prompt_template=s.prompt_template)
-                    predictor.set_image(image, prompt, mode=s.photo_mode, t=s.timestep, steps=s.steps, seed=s.seed)
-                    self._count(unet_reads=1)
+                    predictor = read_photo_for(self.loaded, image, classes, options)
+                    self.count(unet_reads=1)
                 if s.cache_images:
                     self._predictors[key] = predictor
                     while len(self._predictors) > s.cache_images:
                         self._predictors.popitem(last=False)
                 t3 = time.perf_counter()
-                config = (None if calibration is None else
-                          calibrated_config(calibration, s.method, default_config(s.method, predictor.maps)))
-                masks = apply_calibration(calibration, predictor.predict(
-                    classes, points=seeds, boxes=boxes or None, method=s.method, config=config,
-                    drop_absent=s.drop_absent), keep={*(points or {}), *(boxes or {})})
+                masks = task_masks(predictor, classes, options, points, boxes)
                 t4 = time.perf_counter()
             size = (image.width, image.height)
         finally:
@@ -272,9 +253,7 @@ class SeeDiffModel:
             self._slots.release()
         for word, reason in masks.reasons.items():
             log.info("task %s: %s: %s", task.get("id"), word, reason)
-        result = plan_results(plan, masks, size)
+        prediction = task_prediction(plan, masks, size, options.model_version)
         t5 = time.perf_counter()
-        self._count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
-        scores = [r["score"] for r in result if isinstance(r.get("score"), (int, float))]
-        return {"result": result, "score": float(np.mean(scores)) if scores else 0.0,
-                "model_version": calibrated_version(self.model_version, calibration)}
+        self.count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
+        return prediction

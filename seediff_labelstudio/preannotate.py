@@ -2,9 +2,9 @@
 
 What Label Studio's "Retrieve predictions" cannot do for thousands of tasks within its 100 s timeout: page
 through every task with the SDK, skip tasks that already hold a prediction of the current
-``model_version``, read each remaining image in photo mode, segment the config's labels and post the
-results as predictions in batches while the job runs. Resumable twice over: tasks already predicted are
-skipped when listing, and results computed but not yet posted are kept per task in the work folder (the
+``model_version``, predict each remaining task exactly as the backend does (:mod:`.predict`: same options,
+same seed, same model_version) and post the results as predictions in batches while the job runs.
+Resumable twice over: tasks already predicted are skipped when listing, and results computed but not yet posted are kept per task in the work folder (the
 job engine's records) and posted on the next run without recomputing.
 
 Lives in ``seediff_labelstudio`` so the engine (``seediff``) never imports Label Studio glue; the CLI imports
@@ -21,25 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
-
-from seediff.jobs import Item, ItemWorker, JobSpec, derive_seed, run_job
+from seediff.calibrate import Calibration
+from seediff.jobs import Item, ItemWorker, JobSpec, run_job
 from seediff.jobs.engine import records
-from seediff.jobs.store import JobStore, slug
+from seediff.jobs.store import JobStore
 
-from .labels import LabelPlan, label_plan, plan_results  # shared with the backend
+from .labels import LabelPlan, label_plan  # shared with the backend
+from .predict import PredictOptions, model_version_for, predict_photo
 
-__all__ = ["LabelPlan", "label_plan", "model_version_for", "preannotate_project", "PreannotateWorker",
+__all__ = ["LabelPlan", "label_plan", "model_version_for", "options_of", "preannotate_project", "PreannotateWorker",
            "PreannotateSummary", "make_fetcher"]
 
-IDENTITY = ("model", "dtype", "mode", "t", "seed", "method", "threads", "model_version", "plan", "project", "url",
-            "prompt_template", "calibration")
+IDENTITY = ("model", "dtype", "mode", "t", "steps", "seed", "method", "drop_absent", "threads", "model_version", "plan",
+            "project", "url", "prompt_template", "calibration")
 
 
-def model_version_for(model: str, method: str, mode: str, t: int) -> str:
-    """A model_version naming what made the predictions (same settings → same version → skipped on rerun)."""
-    name = Path(str(model).rstrip("/")).name or str(model)
-    return f"seediff-{slug(name)[:40]}-{method}-{mode}" + (f"-t{t}" if mode == "noise" else "")
+def options_of(params: Mapping[str, Any]) -> PredictOptions:
+    """The prediction options a preannotate job's parameters name (the backend's, from its settings)."""
+    return PredictOptions(model=str(params["model"]), method=params.get("method", "seediff"),
+                          photo_mode=params.get("mode", "noise"), t=int(params.get("t", 100)),
+                          steps=int(params.get("steps", 10)), seed=int(params.get("seed", 0)),
+                          prompt_template=params.get("prompt_template") or PredictOptions.prompt_template,
+                          drop_absent=bool(params.get("drop_absent", False)),
+                          calibration=Calibration.from_dict(params["calibration"]) if params.get("calibration") else None)
 
 
 def _client(url: str, api_key: str):
@@ -63,16 +67,15 @@ class PreannotateWorker(ItemWorker):
     def setup(self) -> None:
         import torch
 
-        from seediff.jobs.datasets import _quiet_loaders
-        from seediff.pipeline import load_pipeline
+        from seediff.jobs.datasets import quiet_loaders
+        from seediff.pipeline import load_model
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(self.params.get("threads") or 1))
-        _quiet_loaders()
+        quiet_loaders()
         self.plan = LabelPlan(**self.params["plan"])
-        self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
-                                  dtype=self.params.get("dtype"))
-        self.pipe.set_progress_bar_config(disable=True)
+        self.options = options_of(self.params)
+        self.model = load_model(self.params["model"], device=self.params.get("device"), dtype=self.params.get("dtype"))
         self.fetcher = make_fetcher(self.params["url"], self.params["api_key"])
 
     def teardown(self) -> None:
@@ -81,22 +84,10 @@ class PreannotateWorker(ItemWorker):
         torch.set_num_threads(self._threads_before)
 
     def process(self, item: Item) -> dict[str, Any]:
-        from seediff.modes import read_photo
-        from seediff.predictor import class_prompt
-        from seediff.calibrate import Calibration, calibrated_segment
-
-        p, plan = self.params, self.plan
+        """The task's prediction (:func:`.predict.predict_photo`, as the backend makes it) for posting."""
         image = self.fetcher.fetch(item.data["image"])
-        classes = plan.classes
-        prompt = class_prompt(classes, p.get("prompt_template") or "a photo of {}")
-        traced = read_photo(self.pipe, image, prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
-                            seed=item.seed)
-        cal = Calibration.from_dict(p["calibration"]) if p.get("calibration") else None
-        masks = calibrated_segment(traced.maps_for(0), classes, p.get("method", "seediff"), cal)
-        result = plan_results(plan, masks, (image.width, image.height))
-        scores = [r["score"] for r in result if isinstance(r.get("score"), float)]
-        return {"task": int(item.data["task"]), "result": result,
-                "score": float(np.mean(scores)) if scores else 0.0, "files": []}
+        pred = predict_photo(self.model, image, self.plan, self.options, self.params.get("model_version"))
+        return {"task": int(item.data["task"]), "result": pred["result"], "score": pred["score"], "files": []}
 
 
 @dataclass
@@ -157,7 +148,8 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
                         dtype: str | None = None, model_version: str | None = None, mode: str = "noise",
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
-                        progress: bool = True, prompt_template: str = "a photo of {}",
+                        progress: bool = True, prompt_template: str = PredictOptions.prompt_template,
+                        steps: int = 10, drop_absent: bool = False,
                         calibration: Mapping[str, Any] | None = None) -> PreannotateSummary:
     """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
@@ -172,10 +164,10 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
     except ApiError as exc:
         raise ValueError(f"cannot read project {project} at {url}: HTTP {exc.status_code} {str(exc.body)[:200]}") from None
     plan = label_plan(proj.label_config)
-    from seediff.calibrate import Calibration, calibrated_version
-
-    cal = Calibration.from_dict(calibration) if calibration else None
-    version = model_version or calibrated_version(model_version_for(model, method, mode, t), cal)
+    options = PredictOptions(model=str(model), method=method, photo_mode=mode, t=t, steps=steps, seed=seed,
+                             prompt_template=prompt_template, drop_absent=drop_absent,
+                             calibration=Calibration.from_dict(calibration) if calibration else None)
+    version = model_version or options.model_version
     summary = PreannotateSummary(project, version)
     items = []
     from tqdm.auto import tqdm
@@ -192,10 +184,11 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         if not isinstance(ref, str) or not ref:
             summary.failed[item_id] = f"task data has no {plan.data_key!r} image reference"
             continue
-        items.append(Item(item_id, derive_seed(seed, item_id), {"task": int(task.id), "image": ref}))
-    params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, seed=seed, method=method,
-                  threads=threads, model_version=version, plan=plan.to_dict(), project=project, url=url,
-                  api_key=api_key, prompt_template=prompt_template, calibration=calibration)
+        items.append(Item(item_id, seed, {"task": int(task.id), "image": ref}))  # the options' seed, as the backend
+    params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, steps=steps, seed=seed, method=method,
+                  drop_absent=drop_absent, threads=threads, model_version=version, plan=plan.to_dict(),
+                  project=project, url=url, api_key=api_key, prompt_template=options.prompt_template,
+                  calibration=calibration)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)
     pending: list[dict[str, Any]] = []

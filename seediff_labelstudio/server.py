@@ -226,7 +226,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
         results = await run_in_threadpool(model.predict, req.tasks, config, context, app.state.tokens.get(project),
                                           arrived + settings.predict_budget, project)
-        model._count(requests=1, request_s=time.monotonic() - arrived)
+        model.count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
     # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
@@ -245,23 +245,22 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             body = await request.json()
         except Exception:
             raise HTTPException(400, "webhook body must be JSON") from None
-        model._count(webhooks=1)
+        model.count(webhooks=1)
         code, answer = await run_in_threadpool(learner.handle, body, settings.predict_budget)
         return JSONResponse(answer, status_code=code)
 
     _NO_STORE = {404: {"model": ErrorBody, "description": "no calibration store (SEEDIFF_DATA_DIR unset)"}}
+    _OBJECT = {200: {"content": {"application/json": {"schema": {"type": "object"}}}}}
 
     @app.get("/calibration/{project}", dependencies=[Depends(auth)],
-             responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NO_STORE, **_AUTH,
-                        **_MALFORMED})
+             responses={**_OBJECT, **_NO_STORE, **_AUTH, **_MALFORMED})
     async def calibration(project: int):
         if learner.store is None:
             raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
         return {**learner.store.summary(project), "model_version": model.version_for(project)}
 
     @app.delete("/calibration/{project}", dependencies=[Depends(auth)],
-                responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_NO_STORE, **_AUTH,
-                        **_MALFORMED})
+                responses={**_OBJECT, **_NO_STORE, **_AUTH, **_MALFORMED})
     async def reset_calibration(project: int):
         if learner.store is None:
             raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
@@ -271,8 +270,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     @app.get("/metrics", dependencies=[Depends(auth)],
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})
     async def metrics():
-        with model._metrics_lock:
-            return {"model_version": model.model_version if model.ready else None, **dict(model.metrics)}
+        return {"model_version": model.model_version if model.ready else None, **model.metrics_snapshot()}
 
     return app
 

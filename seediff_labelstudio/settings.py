@@ -112,8 +112,9 @@ class Settings:
     def from_env(cls, env: dict | None = None) -> "Settings":
         """Read and validate the environment; SettingsError names the bad variable."""
         env = dict(os.environ if env is None else env)
+        from seediff.methods import METHODS
         from seediff.modes import PHOTO_MODES
-        from seediff.segment import METHODS
+        from seediff.prompts import DEFAULT_TEMPLATE, check_template
 
         method = env.get("SEEDIFF_METHOD", "seediff").strip().lower()
         if method not in METHODS:
@@ -121,15 +122,12 @@ class Settings:
         mode = env.get("SEEDIFF_PHOTO_MODE", "noise").strip().lower()
         if mode not in PHOTO_MODES:
             raise SettingsError(f"SEEDIFF_PHOTO_MODE must be one of {list(PHOTO_MODES)}, got {mode!r}")
-        raw_template = env.get("SEEDIFF_PROMPT_TEMPLATE") or "a photo of {}"
-        template = raw_template.replace("{classes}", "{}")  # "a photo of {classes}" reads better in an env file
+        raw_template = env.get("SEEDIFF_PROMPT_TEMPLATE") or DEFAULT_TEMPLATE
         try:
-            ok = template.count("{}") == 1 and template.format("x") == template.replace("{}", "x")
-        except (IndexError, KeyError, ValueError):
-            ok = False
-        if not ok:
+            template = check_template(raw_template)
+        except ValueError:
             raise SettingsError("SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{}' (or '{classes}') and no other "
-                                f"braces, got {raw_template!r}")
+                                f"braces, got {raw_template!r}") from None
         ls_url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
         if ls_url is not None:
             parts = urlsplit(ls_url)

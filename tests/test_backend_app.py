@@ -259,7 +259,7 @@ def test_setup_token_fetches_uploads_when_no_key_is_configured(settings, model):
                 auth="Token token-from-setup")
         s = dataclasses.replace(settings, ls_url=ls.url, ls_api_key=None)
         m = SeeDiffModel(s)
-        m.pipe = model.pipe  # the pipeline already loaded once for this module
+        m.loaded = model.loaded  # the pipeline already loaded once for this module
         c = TestClient(create_app(s, m))
         task = [{"id": 5, "data": {"image": "/data/upload/1/a.png"}}]
         assert _predict(c, task).json()["results"] == [[]]  # no key yet: Label Studio says 401

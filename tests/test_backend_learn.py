@@ -121,16 +121,16 @@ def _settings(ls_url: str, **extra) -> Settings:
 
 @pytest.fixture(scope="module")
 def loaded_pipe():
-    from seediff import load_pipeline
+    from seediff.pipeline import load_model
 
-    return load_pipeline("builtin:shapes", device="cpu")
+    return load_model("builtin:shapes", device="cpu")
 
 
 def _app(ls, data_dir, monkeypatch, loaded_pipe, **extra):
     monkeypatch.setenv("SEEDIFF_DATA_DIR", str(data_dir))
     settings = _settings(ls.url, **extra)
     model = SeeDiffModel(settings)
-    model.pipe = loaded_pipe  # loaded once per module: the model is the same bundled one every time
+    model.loaded = loaded_pipe  # loaded once per module: the model is the same bundled one every time
     return TestClient(create_app(settings, model)), model
 
 
@@ -169,9 +169,9 @@ def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_pa
     # A restart (new app, same data dir) finds the same state; reset forgets it.
     client2, model2 = _app(ls, tmp_path, monkeypatch, loaded_pipe)
     assert client2.get("/calibration/1").json() == summary
-    assert model2.calibration_for(1).to_dict() == summary["calibration"]
+    assert model2.options_for(1).calibration.to_dict() == summary["calibration"]
     _, other = _app(ls, tmp_path, monkeypatch, loaded_pipe, SEEDIFF_TIMESTEP="200")  # another model_version
-    assert other.calibration_for(1) is None  # a calibration learnt for other settings never applies
+    assert other.options_for(1).calibration is None  # a calibration learnt for other settings never applies
     assert client2.delete("/calibration/1").json()["status"] == "reset"
     assert client2.get("/calibration/1").json()["tasks"] == 0
 

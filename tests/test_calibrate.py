@@ -14,8 +14,9 @@ from seediff.calibrate import (
     is_kept, knob_grid, load_calibration, mask_knob, observe, save_calibration,
 )
 from seediff.masks import ClassMasks
-from seediff.predictor import SeeDiffPredictor, class_prompt
-from seediff.segment import DAAMConfig, SeeDiffConfig, default_config
+from seediff.methods import CONFIGS, SeeDiffConfig
+from seediff.predictor import SeeDiffPredictor
+from seediff.prompts import class_prompt
 from seediff.testing.shapes import SHAPES, SceneConfig, make_scene
 
 WORDS = list(SHAPES)
@@ -23,20 +24,20 @@ WORDS = list(SHAPES)
 
 @pytest.fixture(scope="module")
 def shapes_pipe():
-    from seediff import load_pipeline
+    from seediff.pipeline import load_model
 
-    pipe = load_pipeline("builtin:shapes", device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    model = load_model("builtin:shapes", device="cpu")
+    model.pipe.set_progress_bar_config(disable=True)
+    return model
 
 
 def _observations(pipe, scenes, truth=lambda s: s.class_masks()):
     """Observations of every shape word on each scene (every word prompted, as the backend does)."""
     out, default = [], None
     for scene in scenes:
-        predictor = SeeDiffPredictor(pipe)
+        predictor = SeeDiffPredictor.from_model(pipe)
         predictor.set_image(scene.image, class_prompt(WORDS), mode="noise", t=100)
-        base = default_config("seediff", predictor.maps)
+        base = pipe.defaults.config("seediff")
         default = base.pamr_threshold
         out += observe(lambda cfg: predictor.predict(WORDS, config=cfg), base, "seediff", truth(scene), WORDS)
     return out, default
@@ -92,9 +93,9 @@ def test_five_odd_annotations_never_make_things_worse(shapes_pipe):
     scenes = _shifted(range(720, 730))
     before = after = 0.0
     for scene in scenes:
-        predictor = SeeDiffPredictor(shapes_pipe)
+        predictor = SeeDiffPredictor.from_model(shapes_pipe)
         predictor.set_image(scene.image, class_prompt(WORDS), mode="noise", t=100)
-        base = default_config("seediff", predictor.maps)
+        base = shapes_pipe.defaults.config("seediff")
         plain = predictor.predict(WORDS, config=base)
         tuned = apply_calibration(lenient, predictor.predict(WORDS, config=calibrated_config(lenient, "seediff", base)))
         assert np.array_equal(apply_calibration(calibration, plain).masks, plain.masks)
@@ -158,8 +159,8 @@ def test_apply_drops_low_scores_rescores_the_rest_and_keeps_clicked_labels():
     assert apply_calibration(None, _masks()) is not None
     assert calibrated_config(cal, "seediff", SeeDiffConfig()).pamr_threshold == 0.7
     assert calibrated_config(cal, "seediff", SeeDiffConfig(pamr_iterations=0)).threshold == 0.7
-    assert calibrated_config(cal, "daam", DAAMConfig()) == DAAMConfig()  # fitted for another method
-    assert mask_knob("daam", DAAMConfig()) == "tau"
+    assert calibrated_config(cal, "daam", CONFIGS['daam']()) == CONFIGS['daam']()  # fitted for another method
+    assert mask_knob("daam", CONFIGS['daam']()) == "tau"
 
 
 def test_calibration_file_round_trip_and_errors(tmp_path):

@@ -74,7 +74,7 @@ def test_annotate_folder_keeps_original_sizes(tmp_path, tiny_pipe_path):
     assert [c["name"] for c in coco["categories"]] == ["circle", "square"]
     work = tmp_path / "photos.json.work"
     records = [json.loads(p.read_text()) for p in sorted((work / "items").glob("*.json"))]
-    assert {r["prompt"] for r in records} == {"a photo of circle and square"}
+    assert {r["prompt"] for r in records} == {"a photo of a circle and a square"}
     for rec in records:
         for label in ("circle", "square"):
             m = Image.open(work / "masks" / rec["id"] / f"{label}.png")

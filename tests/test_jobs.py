@@ -28,7 +28,7 @@ from seediff.jobs import (
 )
 from seediff.jobs.datasets import finish
 from seediff.jobs.probe import plan_probe, probe_spec
-from seediff.jobs.store import atomic_write_bytes, check_item_id, slug
+from seediff.jobs.store import check_item_id, slug, write_output
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -51,7 +51,7 @@ def test_plan_synthesize_ids_order_and_prompts():
 
 @pytest.mark.parametrize("classes, per_class, prompt, message", [
     ([], 1, "a {}", "at least one class"),
-    (["dog", "dog"], 1, "a {}", "unique"),
+    (["dog", "dog"], 1, "a {}", "duplicate class words"),
     (["a b", "a_b"], 1, "a {}", "clashing file names"),
     (["dog"], 0, "a {}", "per_class must be >= 1"),
     (["dog"], 1, "a photo", "exactly once"),
@@ -91,7 +91,7 @@ def test_item_ids_must_be_file_safe():
 # --------------------------------------------------------------------------------------------------- store
 
 def test_atomic_write_leaves_no_temporary_and_claim_names_differences(tmp_path):
-    atomic_write_bytes(tmp_path / "a" / "f.bin", b"123")
+    write_output(tmp_path / "a" / "f.bin", b"123")
     assert sorted(os.listdir(tmp_path / "a")) == ["f.bin"]
     store = JobStore(tmp_path / "job")
     assert store.claim({"kind": "k", "params": {"steps": 4, "seed": 0}}) is False

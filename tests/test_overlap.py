@@ -9,7 +9,8 @@ import torch
 
 from mask_fixtures import block_labels, left_block_map, make_maps, right_block_map
 from seediff.masks import assign_labels, resolve_overlaps
-from seediff.segment import SeeDiffConfig, segment
+from seediff.methods import SeeDiffConfig
+from seediff.segment import segment
 
 
 def test_contested_pixels_go_to_the_highest_evidence():

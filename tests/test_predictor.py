@@ -8,7 +8,8 @@ from PIL import Image
 
 import seediff
 import seediff.modes
-from seediff.predictor import SeeDiffPredictor, class_prompt
+from seediff.predictor import SeeDiffPredictor
+from seediff.prompts import class_prompt
 from seediff.segment import segment
 
 

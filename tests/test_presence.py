@@ -13,11 +13,16 @@ CLASSES = list(SHAPES)
 
 
 @pytest.fixture(scope="module")
-def pipe():
+def model():
     import seediff
 
     torch.set_num_threads(1)
-    return seediff.load_pipeline("builtin:shapes", device="cpu")
+    return seediff.load_model("builtin:shapes", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe(model):
+    return model.pipe
 
 
 def test_prompts_are_all_then_leave_one_out_then_alone():
@@ -66,11 +71,12 @@ def test_scores_are_deterministic_and_one_class_needs_no_unet(pipe):
         presence_scores(pipe, scene.image, CLASSES, timesteps=[1000])
 
 
-def test_predictor_drop_absent_empties_absent_classes_only(pipe):
+def test_predictor_drop_absent_empties_absent_classes_only(model):
     from seediff.predictor import SeeDiffPredictor
 
     scene = make_scene(400_041, SceneConfig(), n_objects=1)
-    p = SeeDiffPredictor(pipe)
+    p = SeeDiffPredictor.from_model(model)  # builtin:shapes' seediff.json: its config and presence threshold
+    assert p.defaults.presence_threshold == -0.002
     p.set_image(scene.image, "a photo of a circle and a square and a triangle", mode="noise", t=100)
     out = p.predict(CLASSES, drop_absent=True)
     assert out.labels == CLASSES

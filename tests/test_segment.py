@@ -14,7 +14,8 @@ from mask_fixtures import (
 )
 from seediff.baseline import DAAMConfig, DiffuMaskConfig
 from seediff.masks import ClassMasks, assign_labels, class_scores
-from seediff.segment import CONFIGS, METHODS, SeeDiffConfig, output_hw, segment, working_hw
+from seediff.methods import CONFIGS, METHODS, SeeDiffConfig
+from seediff.segment import output_hw, segment, working_hw
 
 NO_PAMR = SeeDiffConfig(pamr_iterations=0)
 LEFT = (block_labels((16, 16)) == 0).numpy()

@@ -11,7 +11,8 @@ from PIL import Image
 from seediff.capture import AttentionMaps
 from seediff.modes import read_photo
 from seediff.pipeline import load_pipeline
-from seediff.segment import SeeDiffConfig, model_side, segment, working_hw
+from seediff.methods import SeeDiffConfig
+from seediff.segment import model_side, segment, working_hw
 from seediff.testing.shapes import make_scene
 
 

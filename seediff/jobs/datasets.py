@@ -19,14 +19,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..calibrate import Calibration, calibrated_segment
 from ..coco import INFO, merge_coco, to_coco
+from ..convert import resize_mask
+from ..prompts import check_classes as check_words
+from ..prompts import check_template, class_prompt
 from . import render
 from .spec import Item, ItemWorker, JobSpec, derive_seed
 from .store import png_bytes, slug, writing
 
 __all__ = [
     "SYNTH_IDENTITY", "ANNOTATE_IDENTITY", "IMAGE_SUFFIXES", "check_classes", "plan_synthesize", "plan_annotate",
-    "synthesize_spec", "annotate_spec", "merge", "finish", "list_images", "SynthesizeWorker", "AnnotateWorker",
+    "synthesize_spec", "annotate_spec", "merge", "finish", "list_images", "quiet_loaders", "SynthesizeWorker",
+    "AnnotateWorker",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -36,32 +41,21 @@ ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
-    """Class words as given (order kept: it fixes the COCO category ids); ValueError on empty or repeated ones."""
-    out = [str(c).strip() for c in classes]
-    if not out:
+    """Class words as given (order kept: it fixes the COCO category ids): :func:`seediff.prompts.check_classes`,
+    and no two that give the same file name."""
+    if not list(classes):
         raise ValueError("give at least one class (e.g. --classes dog cat)")
-    for c in out:
-        if not c:
-            raise ValueError("class names must not be empty")
-    if len(set(out)) != len(out):
-        raise ValueError(f"classes must be unique, got {out}")
+    out = check_words([str(c) for c in classes])
     slugs = [slug(c) for c in out]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"classes {out} give clashing file names {slugs}; rename one")
     return out
 
 
-def _check_template(prompt: str) -> str:
-    """A prompt template with exactly one '{}' where the class word(s) go."""
-    if not isinstance(prompt, str) or prompt.count("{}") != 1:
-        raise ValueError(f"prompt must contain '{{}}' exactly once (where the class goes), got {prompt!r}")
-    return prompt
-
-
 def plan_synthesize(classes: Sequence[str], per_class: int, prompt: str, seed: int) -> list[Item]:
     """Items ``<class>-<index>`` (class order, then index), each with a seed derived from ``seed`` and its id."""
     classes = check_classes(classes)
-    _check_template(prompt)
+    prompt = check_template(prompt)
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
     items = []
@@ -118,7 +112,7 @@ def merge(records: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> dict[
     return merge_coco([rec["coco"] for rec in records])
 
 
-def _quiet_loaders() -> None:
+def quiet_loaders() -> None:
     """No per-component loading bars from diffusers/transformers (the job shows one bar per item)."""
     import diffusers.utils.logging as dlog
     import transformers.utils.logging as tlog
@@ -133,18 +127,16 @@ class _SegmentWorker(ItemWorker):
     def setup(self) -> None:
         import torch
 
-        from ..pipeline import load_pipeline
+        from ..pipeline import load_model
 
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(self.params.get("threads") or 1))
-        _quiet_loaders()
-        self.pipe = load_pipeline(self.params["model"], device=self.params.get("device"),
-                                  dtype=self.params.get("dtype"))
-        self.pipe.set_progress_bar_config(disable=True)
+        quiet_loaders()
+        loaded = load_model(self.params["model"], device=self.params.get("device"), dtype=self.params.get("dtype"))
+        self.pipe = loaded.pipe
+        self.config = loaded.defaults.config(self.params.get("method", "seediff"))  # the model's seediff.json
         self.classes = list(self.params["classes"])
-        from ..calibrate import Calibration
-
-        cal = self.params.get("calibration")
+        cal = self.params.get("calibration")  # a calibration file's content (seediff calibrate), or None
         self.calibration = Calibration.from_dict(cal) if cal else None
 
     def teardown(self) -> None:
@@ -153,18 +145,16 @@ class _SegmentWorker(ItemWorker):
         torch.set_num_threads(self._threads_before)
 
     def segment(self, maps, classes: Sequence[str]):
-        """ClassMasks for ``classes`` from the item's attention (the configured method, calibrated if a
-        calibration file was given)."""
-        from ..calibrate import calibrated_segment
-
-        return calibrated_segment(maps, classes, self.params.get("method", "seediff"), self.calibration)
+        """ClassMasks for ``classes`` from the item's attention (the configured method, the model's config,
+        calibrated when a calibration file was given)."""
+        return calibrated_segment(maps, classes, self.params.get("method", "seediff"), self.config, self.calibration)
 
     def save(self, item: Item, image, file_name: str, masks, extra_files: Sequence[str] = ()) -> dict[str, Any]:
         """Write mask PNGs and the overlay; return the record (with the COCO fragment)."""
         rgb = np.asarray(image.convert("RGB"))
         h, w = rgb.shape[:2]
         labels = list(masks.labels)
-        arrays = [render._fit(np.asarray(m, bool), (h, w)) for m in np.asarray(masks.masks)]
+        arrays = [resize_mask(np.asarray(m, bool), h, w) for m in np.asarray(masks.masks)]
         files = list(extra_files)
         for label, m in zip(labels, arrays):
             files.append(self.store.write_file(f"masks/{item.id}/{slug(label)}.png", png_bytes(m)))
@@ -206,7 +196,7 @@ class AnnotateWorker(_SegmentWorker):
         from ..modes import read_photo
 
         p = self.params
-        prompt = str(p["prompt"]).format(" and ".join(self.classes))
+        prompt = class_prompt(self.classes, str(p["prompt"]))
         traced = read_photo(self.pipe, item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             steps=int(p.get("steps", 10)), strength=float(p.get("strength", 0.5)), seed=item.seed)
         masks = self.segment(traced.maps_for(0), self.classes)

@@ -7,6 +7,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..convert import resize_mask
+
 __all__ = ["PALETTE", "color", "overlay", "class_heat", "heat_overlay", "side_by_side"]
 
 # Distinct, colour-blind-friendly-ish colours (Okabe–Ito, then Tableau); class i gets PALETTE[i % len].
@@ -29,24 +31,17 @@ def _rgb(image) -> np.ndarray:
     return arr
 
 
-def _fit(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest resize of a bool mask to (h, w)."""
-    if mask.shape == hw:
-        return mask.astype(bool)
-    return cv2.resize(mask.astype(np.uint8), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
 def overlay(image, masks: np.ndarray, colors: Sequence[tuple[int, int, int]], alpha: float = 0.5) -> np.ndarray:
     """The image with each mask tinted in its colour and outlined (masks N×H×W bool, any size: resized)."""
     base = _rgb(image).astype(np.float32)
     hw = base.shape[:2]
     out = base.copy()
     for mask, c in zip(np.asarray(masks), colors):
-        m = _fit(np.asarray(mask), hw)
+        m = resize_mask(np.asarray(mask), *hw).astype(bool)
         out[m] = (1 - alpha) * out[m] + alpha * np.asarray(c, np.float32)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     for mask, c in zip(np.asarray(masks), colors):
-        m = _fit(np.asarray(mask), hw).astype(np.uint8)
+        m = resize_mask(np.asarray(mask), *hw).astype(bool).astype(np.uint8)
         contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, contours, -1, tuple(int(v) for v in c), 1)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..coco import write_bytes_atomic, write_json
 
-__all__ = ["JobStore", "JobMismatchError", "OutputError", "writing", "atomic_write_bytes", "png_bytes", "check_item_id",
+__all__ = ["JobStore", "JobMismatchError", "OutputError", "writing", "write_output", "png_bytes", "check_item_id",
            "slug", "read_json"]
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -83,8 +83,11 @@ def slug(text: str) -> str:
     return out
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """:func:`seediff.coco.write_bytes_atomic` (whole file or none), making the folder; failures as OutputError."""
+def write_output(path: str | os.PathLike, data: bytes) -> None:
+    """Write an output file whole or not at all (:func:`seediff.coco.write_bytes_atomic`), making its folder.
+
+    Failures raise OutputError naming ``path``.
+    """
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,12 +112,6 @@ def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file (UTF-8)."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-def fingerprint(obj: Mapping[str, Any]) -> str:
-    """Short SHA-256 of the canonical JSON of ``obj``."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -186,7 +183,7 @@ class JobStore:
     # ---- items ---------------------------------------------------------------------------------------
     def write_file(self, rel: str, data: bytes) -> str:
         """Atomically write an item's file (path relative to the root); returns ``rel``."""
-        atomic_write_bytes(self.path(rel), data)
+        write_output(self.path(rel), data)
         return rel
 
     def write_record(self, item_id: str, record: Mapping[str, Any]) -> None:

@@ -286,7 +286,7 @@ class Learner:
         for task in client.tasks.list(project=project, fields="all"):
             task = _plain(task)
             annotations = [_plain(a) for a in client.annotations.list(id=task["id"])]
-            kept = [a for a in annotations if not a.get("was_cancelled") and a.get("result")]
+            kept = [a for a in annotations if not a.get("was_cancelled")]  # an empty result: every label absent
             if kept:
                 out.append((max(kept, key=lambda a: str(a.get("updated_at") or a.get("id"))), task))
         return out

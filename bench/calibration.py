@@ -49,7 +49,7 @@ class Image_:
 def shifted_scene(seed: int, size: int = 32) -> Image_:
     """A scene off the defaults' distribution: a tinted (coloured, not grey) plain or gradient background,
     smaller shapes (radius 3.5–5.5 px at 32 px), 1–3 objects in distinct colours."""
-    from seediff.testing.shapes import _place as place  # the generator's own placement (non-overlapping)
+    from seediff.testing.shapes import place_shapes as place  # the generator's own placement (non-overlapping)
 
     rng = np.random.default_rng([seed, 0xCA1])
     n = int(rng.integers(1, 4))

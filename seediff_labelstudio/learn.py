@@ -10,7 +10,8 @@ project from every annotated task the API lists.
 Learning from one task: read its image as ``/predict`` would, propose masks at each value of the method's mask
 threshold, compare with the annotation (:func:`seediff.calibrate.observe`), store the evidence and refit the
 project (:class:`~.calibration_store.CalibrationStore`). The UNet work runs on one background thread, in arrival
-order; the webhook answers 202 once the notification is verified. State: ``$SEEDIFF_DATA_DIR/calibration.sqlite``.
+order; the webhook answers 202 once the notification is verified. State: ``$SEEDIFF_DATA_DIR/calibration.sqlite``
+(``Settings.data_dir``).
 A fixed calibration file (``SEEDIFF_CALIBRATION``, written by ``seediff calibrate``) serves projects that have
 learnt nothing yet.
 """
@@ -18,12 +19,10 @@ learnt nothing yet.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -34,8 +33,7 @@ from .calibration_store import STORE_NAME, CalibrationStore, TaskEvidence
 from .labels import LabelPlan, label_plan
 from .settings import SettingsError
 
-__all__ = ["Learner", "WebhookError", "Calibrations", "calibration_paths", "check_calibration_env", "annotation_truth",
-           "LEARN_ACTIONS"]
+__all__ = ["Learner", "WebhookError", "Calibrations", "check_calibration_env", "annotation_truth", "LEARN_ACTIONS"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -52,30 +50,18 @@ class WebhookError(Exception):
         self.status, self.detail = status, detail
 
 
-def calibration_paths(env: Mapping[str, str] | None = None) -> tuple[Path | None, Path | None]:
-    """(SEEDIFF_DATA_DIR, SEEDIFF_CALIBRATION) from the environment; SettingsError names a bad one."""
-    env = os.environ if env is None else env
-    data = (env.get("SEEDIFF_DATA_DIR") or "").strip()
-    fixed = (env.get("SEEDIFF_CALIBRATION") or "").strip()
-    data_dir = Path(data).expanduser() if data else None
-    if data_dir is not None and not data_dir.is_absolute():
-        raise SettingsError(f"SEEDIFF_DATA_DIR must be an absolute path, got {data!r}")
-    return data_dir, (Path(fixed).expanduser() if fixed else None)
-
-
-def check_calibration_env(env: Mapping[str, str] | None = None) -> None:
-    """Validate SEEDIFF_DATA_DIR and SEEDIFF_CALIBRATION at start-up (SettingsError names the variable)."""
-    data_dir, fixed = calibration_paths(env)
-    if fixed is not None:
+def check_calibration_env(settings) -> None:
+    """Open what SEEDIFF_DATA_DIR and SEEDIFF_CALIBRATION name, at start-up (SettingsError names the variable)."""
+    if settings.calibration_file is not None:
         try:
-            load_calibration(fixed)
+            load_calibration(settings.calibration_file)
         except ValueError as exc:
             raise SettingsError(f"SEEDIFF_CALIBRATION: {exc}") from None
-    if data_dir is not None:
+    if settings.data_dir is not None:
         try:
-            CalibrationStore(data_dir / STORE_NAME)
+            CalibrationStore(settings.data_dir / STORE_NAME)
         except (OSError, sqlite3.Error) as exc:
-            raise SettingsError(f"SEEDIFF_DATA_DIR: cannot open {data_dir / STORE_NAME}: {exc}") from None
+            raise SettingsError(f"SEEDIFF_DATA_DIR: cannot open {settings.data_dir / STORE_NAME}: {exc}") from None
 
 
 class Calibrations:
@@ -158,11 +144,10 @@ class Learner:
         self._start_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings, model, env: Mapping[str, str] | None = None) -> "Learner":
+    def from_settings(cls, settings, model) -> "Learner":
         """The learner the settings describe (no store without SEEDIFF_DATA_DIR; no API without the LS key)."""
-        data_dir, fixed_path = calibration_paths(env)
-        store = CalibrationStore(data_dir / STORE_NAME) if data_dir is not None else None
-        fixed = load_calibration(fixed_path) if fixed_path is not None else None
+        store = CalibrationStore(settings.data_dir / STORE_NAME) if settings.data_dir is not None else None
+        fixed = load_calibration(settings.calibration_file) if settings.calibration_file is not None else None
         factory = None
         if settings.ls_url and settings.ls_api_key:
             def factory():

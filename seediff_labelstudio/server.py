@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         settings = Settings.from_env()
-        check_calibration_env()
+        check_calibration_env(settings)
     except SettingsError as exc:
         print(f"seediff-labelstudio: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

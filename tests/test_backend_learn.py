@@ -126,9 +126,8 @@ def loaded_pipe():
     return load_model("builtin:shapes", device="cpu")
 
 
-def _app(ls, data_dir, monkeypatch, loaded_pipe, **extra):
-    monkeypatch.setenv("SEEDIFF_DATA_DIR", str(data_dir))
-    settings = _settings(ls.url, **extra)
+def _app(ls, data_dir, loaded_pipe, **extra):
+    settings = _settings(ls.url, SEEDIFF_DATA_DIR=str(data_dir), **extra)
     model = SeeDiffModel(settings)
     model.loaded = loaded_pipe  # loaded once per module: the model is the same bundled one every time
     return TestClient(create_app(settings, model)), model
@@ -139,8 +138,8 @@ def _notify(client, action, ann, project=1, **kw):
                                          "task": {"id": ann.get("task")}}, **kw)
 
 
-def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_path, monkeypatch, loaded_pipe):
-    client, model = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_path, loaded_pipe):
+    client, model = _app(ls, tmp_path, loaded_pipe)
     learner = client.app.state.learner
     assert client.get("/calibration/1").json()["revision"] == 0
     for t in range(1, N_TASKS - 1):
@@ -167,17 +166,17 @@ def test_annotation_webhooks_learn_from_the_api_and_survive_a_restart(ls, tmp_pa
     assert learner.drain(60) and model.metrics["unet_reads"] == reads
     assert client.get("/calibration/1").json() == summary
     # A restart (new app, same data dir) finds the same state; reset forgets it.
-    client2, model2 = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+    client2, model2 = _app(ls, tmp_path, loaded_pipe)
     assert client2.get("/calibration/1").json() == summary
     assert model2.options_for(1).calibration.to_dict() == summary["calibration"]
-    _, other = _app(ls, tmp_path, monkeypatch, loaded_pipe, SEEDIFF_TIMESTEP="200")  # another model_version
+    _, other = _app(ls, tmp_path, loaded_pipe, SEEDIFF_TIMESTEP="200")  # another model_version
     assert other.options_for(1).calibration is None  # a calibration learnt for other settings never applies
     assert client2.delete("/calibration/1").json()["status"] == "reset"
     assert client2.get("/calibration/1").json()["tasks"] == 0
 
 
-def test_start_training_refits_from_every_annotated_task(ls, tmp_path, monkeypatch, loaded_pipe):
-    client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+def test_start_training_refits_from_every_annotated_task(ls, tmp_path, loaded_pipe):
+    client, _ = _app(ls, tmp_path, loaded_pipe)
     for t in range(1, 9):
         ls.annotate(t)
     r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1, "title": "p1"}})
@@ -185,8 +184,8 @@ def test_start_training_refits_from_every_annotated_task(ls, tmp_path, monkeypat
     assert r.json()["status"] == "trained" and r.json()["tasks"] == 8
 
 
-def test_forged_and_malformed_notifications_change_nothing(ls, tmp_path, monkeypatch, loaded_pipe):
-    client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+def test_forged_and_malformed_notifications_change_nothing(ls, tmp_path, loaded_pipe):
+    client, _ = _app(ls, tmp_path, loaded_pipe)
     learner = client.app.state.learner
     for t in (1, 2, 3):
         _notify(client, "ANNOTATION_CREATED", ls.annotate(t))
@@ -218,8 +217,8 @@ def test_forged_and_malformed_notifications_change_nothing(ls, tmp_path, monkeyp
     assert (tmp_path / "calibration.sqlite").exists() and db_before  # the file was never replaced or emptied
 
 
-def test_deletions_are_learnt_only_when_label_studio_agrees(ls, tmp_path, monkeypatch, loaded_pipe):
-    client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe)
+def test_deletions_are_learnt_only_when_label_studio_agrees(ls, tmp_path, loaded_pipe):
+    client, _ = _app(ls, tmp_path, loaded_pipe)
     learner = client.app.state.learner
     for t in (1, 2, 3):
         _notify(client, "ANNOTATION_CREATED", ls.annotate(t))
@@ -232,19 +231,18 @@ def test_deletions_are_learnt_only_when_label_studio_agrees(ls, tmp_path, monkey
     assert learner.drain(60) and [e.task for e in learner.store.evidence(1)] == [1, 3]
 
 
-def test_unauthenticated_webhooks_are_refused_under_basic_auth(ls, tmp_path, monkeypatch, loaded_pipe):
-    client, _ = _app(ls, tmp_path, monkeypatch, loaded_pipe, BASIC_AUTH_USER=AUTH[0], BASIC_AUTH_PASS=AUTH[1])
+def test_unauthenticated_webhooks_are_refused_under_basic_auth(ls, tmp_path, loaded_pipe):
+    client, _ = _app(ls, tmp_path, loaded_pipe, BASIC_AUTH_USER=AUTH[0], BASIC_AUTH_PASS=AUTH[1])
     r = _notify(client, "ANNOTATION_CREATED", ls.annotate(1))
     assert r.status_code == 401
     assert client.get("/calibration/1", auth=AUTH).json()["tasks"] == 0
 
 
-def test_a_calibration_file_changes_model_version_and_proposals(ls, tmp_path, monkeypatch, loaded_pipe):
+def test_a_calibration_file_changes_model_version_and_proposals(ls, tmp_path, loaded_pipe):
     strict = Calibration("seediff", "pamr_threshold", 0.9, {w: LabelCalibration(20, 0.99) for w in
                                                             ("circle", "square", "triangle")}, 20)
     save_calibration(strict, tmp_path / "cal.json")
-    monkeypatch.setenv("SEEDIFF_CALIBRATION", str(tmp_path / "cal.json"))
-    client, model = _app(ls, tmp_path / "state", monkeypatch, loaded_pipe)
+    client, model = _app(ls, tmp_path / "state", loaded_pipe, SEEDIFF_CALIBRATION=str(tmp_path / "cal.json"))
     task = ls.tasks[1]
     r = client.post("/predict", json={"tasks": [task], "label_config": CONFIG, "project": "1"}).json()
     version = r["results"][0]["model_version"]
@@ -293,13 +291,14 @@ def test_bad_calibration_settings_name_the_variable(tmp_path):
     from seediff_labelstudio.settings import SettingsError
 
     with pytest.raises(SettingsError, match="SEEDIFF_DATA_DIR must be an absolute path, got 'state'"):
-        check_calibration_env({"SEEDIFF_DATA_DIR": "state"})
+        Settings.from_env({"SEEDIFF_DATA_DIR": "state"})
+    with pytest.raises(SettingsError, match="SEEDIFF_CALIBRATION must be an absolute path"):
+        Settings.from_env({"SEEDIFF_CALIBRATION": "cal.json"})
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(SettingsError, match="SEEDIFF_CALIBRATION: .*x.json: not a usable calibration file"):
-        check_calibration_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")})
-    check_calibration_env({"SEEDIFF_DATA_DIR": str(tmp_path / "new")})  # created on first use
+        check_calibration_env(Settings.from_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")}))
+    check_calibration_env(Settings.from_env({"SEEDIFF_DATA_DIR": str(tmp_path / "new")}))  # created on first use
     assert (tmp_path / "new" / "calibration.sqlite").is_file()
-
 
 def _serve(env: dict, log_path):
     """Start `seediff-labelstudio` on a free port; (process, url) once /health answers UP."""

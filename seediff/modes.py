@@ -19,10 +19,10 @@ import torch
 from PIL import Image, ImageOps
 
 from .capture import AttentionMaps, CaptureConfig, trace
+from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
 from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "embed_prompts",
-           "PHOTO_MODES"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -88,15 +88,17 @@ def encode_photo(pipe, rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """VAE latents (mean of the posterior, scaled) of the photo resized to ``size``."""
     H, W = size
     x = np.asarray(rgb.resize((W, H), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
-    x = torch.from_numpy(x).permute(2, 0, 1)[None].to(pipe.device, pipe.vae.dtype)
-    posterior = pipe.vae.encode(x).latent_dist
-    return posterior.mean * pipe.vae.config.scaling_factor
-
-
-def embed_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Conditional text embeddings (no negative prompt: photo modes run without guidance)."""
-    emb, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
-    return emb
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:  # SDXL's VAE overflows in fp16 (diffusers' pipelines upcast it the same way)
+        vae.to(torch.float32)
+    try:
+        x = torch.from_numpy(x).permute(2, 0, 1)[None].to(pipe.device, vae.dtype)
+        latents = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return latents.to(pipe.unet.dtype)
 
 
 @torch.no_grad()
@@ -152,7 +154,7 @@ def read_photo(
     ``strength``·T to 0). ``resolution``: the side of the square whose area the photo is resized to
     (default: the model's native size).
     """
-    from diffusers import DDIMInverseScheduler, DDIMScheduler
+    from diffusers import DDIMInverseScheduler
 
     if mode not in PHOTO_MODES:
         raise ValueError(f"mode must be one of {PHOTO_MODES}, got {mode!r}")
@@ -171,7 +173,7 @@ def read_photo(
     latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = noise_scheduler(pipe)  # DDIM with the model's schedule and prediction_type; step() converts v/x0
     capture = dataclasses.replace(capture or CaptureConfig(), t_window=(0.0, 1.0))
 
     n_steps = max(steps, int(round(steps / strength)))
@@ -181,21 +183,21 @@ def read_photo(
     if mode == "denoise":
         start = scheduler.add_noise(latents, noise, run[0].reshape(1))
     elif mode == "invert":  # inversion passes run outside the trace: only the denoise back is recorded
-        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
+        inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
         inverse.set_timesteps(n_steps, device=latents.device)
-        start = _invert(pipe, inverse, latents, embed_prompts(pipe, prompts), run)
+        start = _invert(pipe, scheduler, inverse, latents, unet_conditioning(pipe, prompts, size), run)
 
     with trace(pipe, capture, cfg=False) as maps:
-        emb = embed_prompts(pipe, prompts)
+        cond = unet_conditioning(pipe, prompts, size)  # inside the trace: the prompt's tokens are recorded
         if mode == "noise":
             ts = torch.tensor([t], device=latents.device)
-            pipe.unet(scheduler.add_noise(latents, noise, ts), ts, encoder_hidden_states=emb)
+            pipe.unet(scheduler.add_noise(latents, noise, ts), ts, **cond)
             timesteps = [t]
         else:
             x = start
-            for s in run:
-                eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
-                x = scheduler.step(eps, s, x).prev_sample
+            for s in run:  # the scheduler reads the output as its prediction_type says (epsilon, v, sample)
+                out = pipe.unet(x, s, **cond).sample
+                x = scheduler.step(out, s, x).prev_sample
             timesteps = [int(s) for s in run]
     maps.meta["final_latents"] = x if mode != "noise" else None
     maps.mode = mode
@@ -206,11 +208,16 @@ def read_photo(
     return Traced([rgb], maps)
 
 
-def _invert(pipe, inverse, latents: torch.Tensor, emb: torch.Tensor, run: list[torch.Tensor]) -> torch.Tensor:
-    """DDIM-invert clean latents up to the first timestep of ``run`` (ascending through ``run`` reversed)."""
+def _invert(pipe, scheduler, inverse, latents: torch.Tensor, cond: dict, run: list[torch.Tensor]) -> torch.Tensor:
+    """DDIM-invert clean latents up to the first timestep of ``run`` (ascending through ``run`` reversed).
+
+    ``cond``: the UNet's conditioning kwargs (:func:`seediff.conditioning.unet_conditioning`). The UNet runs at
+    the target timestep s on the latent of s − T/N, so its output is turned into noise here, at s (the timestep
+    it was given; ``scheduler`` carries the model's prediction_type), and ``inverse`` takes ε: diffusers'
+    inverse step would convert v or x₀ at s − T/N instead."""
     x = latents
     # The inverse scheduler steps t − T/N → t on the same grid as the denoise that follows (same N).
     for s in reversed(run):
-        eps = pipe.unet(x, s, encoder_hidden_states=emb).sample
+        eps = predicted_noise(scheduler, pipe.unet(x, s, **cond).sample, x, s)
         x = inverse.step(eps, s, x).prev_sample
     return x

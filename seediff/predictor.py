@@ -17,6 +17,7 @@ from PIL import Image
 
 from .capture import AttentionMaps, CaptureConfig
 from .defaults import ModelDefaults
+from .families import with_layout_levels
 from .masks import ClassMasks
 from . import modes
 from .presence import present_classes, presence_scores
@@ -48,7 +49,8 @@ class SeeDiffPredictor:
     ``pipe``: a diffusers Stable Diffusion pipeline (``seediff.load_pipeline``). ``capture``: what to record
     (default: ``CaptureConfig()``). ``prompt_template``: used to read a photo set without a prompt.
     ``defaults``: the model's own settings (``seediff.load_model(...).defaults``): the method config used when
-    ``predict`` gets none, and the presence threshold of ``drop_absent`` (default: reference values).
+    ``predict`` gets none, and the presence threshold of ``drop_absent`` (default: reference values, at the
+    levels the UNet has: :func:`seediff.families.with_layout_levels`).
     :meth:`from_model` takes both from a :class:`seediff.pipeline.LoadedModel`.
     """
 
@@ -57,7 +59,8 @@ class SeeDiffPredictor:
         self.pipe = pipe
         self.capture = capture
         self.prompt_template = check_template(prompt_template)
-        self.defaults = ModelDefaults() if defaults is None else defaults
+        # No defaults given: the reference values at the levels this UNet has (SDXL: no level-0 attention).
+        self.defaults = with_layout_levels(ModelDefaults(), pipe.unet) if defaults is None else defaults
         self.reset_image()
 
     @classmethod

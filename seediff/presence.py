@@ -1,7 +1,8 @@
 """Which prompted classes are in a photo: a generative presence test (after Li et al. 2023, "Your Diffusion Model
 is Secretly a Zero-Shot Classifier").
 
-The photo's latent is noised at a few timesteps with fixed noise, and the UNet predicts that noise under
+The photo's latent is noised at a few timesteps with fixed noise, and the UNet predicts that noise (converted from
+v or x₀ for models that predict those, :func:`seediff.conditioning.predicted_noise`) under
 2K+1 prompts at once (one batched call per timestep and noise draw): every class ("a photo of a circle and a
 square and a triangle"), every class but c, and c alone. A class the photo contains explains part of it, so
 removing it raises the prediction error and naming it alone lowers the error below the other classes' alone:
@@ -19,7 +20,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .modes import as_rgb, embed_prompts, encode_photo, input_size
+from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
+from .modes import as_rgb, encode_photo, input_size
 from .prompts import DEFAULT_TEMPLATE, check_classes, check_prompt, class_prompt
 
 __all__ = ["PRESENCE_TIMESTEPS", "PRESENCE_NOISES", "PRESENCE_THRESHOLD", "presence_prompts", "presence_scores",
@@ -60,8 +62,10 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
         return {words[0]: 0.0}
     prompts = check_prompt(pipe.tokenizer, presence_prompts(words, prompt_template))
     rgb = as_rgb(image)
-    latents = encode_photo(pipe, rgb, input_size(pipe, (rgb.height, rgb.width)))
-    emb = embed_prompts(pipe, prompts)
+    size = input_size(pipe, (rgb.height, rgb.width))
+    latents = encode_photo(pipe, rgb, size)
+    cond = unet_conditioning(pipe, prompts, size)
+    scheduler = noise_scheduler(pipe)  # x_t = α·x₀ + σ·ε whatever sampler the pipeline ships
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     draws = [torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
              for _ in range(noises)]
@@ -69,8 +73,8 @@ def presence_scores(pipe, image, classes: Sequence[str], prompt_template: str = 
     for t in timesteps:
         ts = torch.tensor([int(t)], device=latents.device)
         for noise in draws:
-            x = pipe.scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
-            eps = pipe.unet(x, ts, encoder_hidden_states=emb).sample
+            x = scheduler.add_noise(latents, noise, ts).expand(len(prompts), -1, -1, -1)
+            eps = predicted_noise(scheduler, pipe.unet(x, ts, **cond).sample, x, ts)  # ε whatever the UNet predicts
             errors.append(((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().numpy())
     err = np.mean(errors, axis=0)  # [2K+1]
     k = len(words)

@@ -140,7 +140,8 @@ def _check_seediff_levels(maps: AttentionMaps, cfg: SeeDiffConfig) -> None:
     if missing:
         raise ValueError(
             f"seediff: levels {missing} (expand_level/background_levels) have no recorded self-attention; "
-            f"recorded: {self_} (CaptureConfig.self_levels chooses them)"
+            f"recorded: {self_} (CaptureConfig.self_levels chooses them; a UNet without attention at a level, "
+            "as SDXL at level 0, takes the levels of its loaded model: seediff.load_model(...).defaults.config)"
         )
 
 

@@ -122,7 +122,7 @@ def _tiny_unet_config(arch: str, sample_size: int) -> dict:
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
             cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
         )
-    raise ValueError(f"arch must be 'tiny' or 'sd15', got {arch!r}")
+    raise ValueError(f"arch must be 'tiny', 'sd15', 'sdxl-tiny' or 'sdxl', got {arch!r}")
 
 
 def build_tiny_pipeline(
@@ -132,15 +132,26 @@ def build_tiny_pipeline(
     sample_size: int = 16,
     words: Iterable[str] = DEFAULT_WORDS,
     seed: int = 0,
+    prediction_type: str = "epsilon",
 ):
-    """Build a random-weight SD-layout ``StableDiffusionPipeline`` offline; save it to ``path`` if given.
+    """Build a random-weight SD-layout pipeline offline; save it to ``path`` if given.
 
     ``arch="tiny"``: 4 UNet levels (latent 16² → 8² → 4² → 2²), VAE factor 2, 2-layer CLIP text encoder.
     ``arch="sd15"``: SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder shapes (same compute), random weights.
+    ``arch="sdxl-tiny"`` / ``"sdxl"``: a ``StableDiffusionXLPipeline`` (:mod:`seediff.testing.sdxl`).
+    ``prediction_type``: the scheduler's ('epsilon', 'v_prediction' as SD 2.x 768 px, or 'sample').
     """
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    if arch in ("sdxl", "sdxl-tiny"):
+        from .sdxl import build_sdxl_pipeline
+
+        pipe = build_sdxl_pipeline(arch, sample_size=2 * sample_size, words=words, seed=seed,
+                                   prediction_type=prediction_type)
+        if path is not None:
+            pipe.save_pretrained(str(path))
+        return pipe
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(words)
     unet = UNet2DConditionModel(**_tiny_unet_config(arch, sample_size))
@@ -170,7 +181,7 @@ def build_tiny_pipeline(
     text_encoder = CLIPTextModel(text_cfg)
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
+        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
     )
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,

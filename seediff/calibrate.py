@@ -97,11 +97,13 @@ class Observation:
         return float(self.inter[i] / union) if self.present and union > 0 else 0.0
 
     def to_dict(self) -> dict:
+        """JSON-able form (stored per task by the backend)."""
         return {"word": self.word, "gt": self.gt, "scores": list(self.scores), "pred": list(self.pred),
                 "inter": list(self.inter)}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Observation":
+        """Parse :meth:`to_dict`'s form."""
         return cls(str(d["word"]), float(d["gt"]), *(tuple(float(v) for v in d[k]) for k in ("scores", "pred", "inter")))
 
 

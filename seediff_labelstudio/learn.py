@@ -125,6 +125,8 @@ def annotation_truth(result: Any, plan: LabelPlan, size: tuple[int, int]) -> dic
 
 @dataclass(frozen=True)
 class _Job:
+    """One unit of learning: tasks to observe (or every annotated task: ``replace_all``), annotations to forget."""
+
     project: int
     plan: LabelPlan
     pairs: tuple[tuple[dict, dict], ...]  # (annotation, task) read back from Label Studio
@@ -183,6 +185,7 @@ class Learner:
         return 202, {"status": "queued", "action": action, "project": job.project}
 
     def _client(self):
+        """A Label Studio SDK client with the backend's key."""
         return self._client_factory()
 
     def _read(self, kind: str, ident: int) -> dict:
@@ -240,6 +243,7 @@ class Learner:
 
     # ---- the worker --------------------------------------------------------------------------------
     def _submit(self, job: _Job) -> None:
+        """Queue a job, starting the worker thread on first use."""
         with self._start_lock:
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._run, name="seediff-learner", daemon=True)
@@ -253,6 +257,7 @@ class Learner:
         return done.wait(timeout)
 
     def _run(self) -> None:
+        """The worker: jobs in arrival order, forever (a daemon thread)."""
         while True:
             job = self._queue.get()
             try:

@@ -519,6 +519,23 @@ def run_sweeps(pipe, n: int, base, *, mode: str, t: int) -> list[str]:
     return out
 
 
+def click_following(pipe, n_dev: int, n_bench: int, photo: Mapping) -> list[str]:
+    """The click-following section (bench/clicks.py) on the dev and benchmark two-object scenes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from clicks import ROWS, click_stats, click_table, two_object_scenes
+
+    kw = {"mode": photo["mode"], "t": photo["t"], "template": photo["template"]}
+    columns = {f"dev ({n_dev} scenes)": click_stats(pipe, two_object_scenes(DEV_SEED_OFFSET, n_dev), BENCH_CONFIG, **kw),
+               f"benchmark ({n_bench} scenes)": click_stats(pipe, two_object_scenes(MULTI_SEED_OFFSET, n_bench),
+                                                            BENCH_CONFIG, **kw)}
+    return [f"## Click-following, 2 objects ({len(ROWS)} statistics)", "",
+            "What an annotator's smart KeyPointLabels / RectangleLabels do in Label Studio (bench/clicks.py): every "
+            "label-config class in the prompt, as the backend reads a task; per object a click at its centre with "
+            "its own label or another shape's, a click near its edge, both, Alt-clicks, its box. IoU with the "
+            "clicked object's exact mask, per click (not dataset-level); interactive latency: "
+            "`python bench/clicks.py --latency 20`.", "", click_table(columns), ""]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="builtin:shapes")
@@ -531,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--template", default=PROMPT_TEMPLATE, help="photo prompt template, as the backend's")
     p.add_argument("--sweep", type=int, default=0, help="dev scenes per split for the sweeps (0: no sweeps)")
+    p.add_argument("--clicks", type=int, default=60, help="two-object dev scenes for click-following (0: none)")
     p.add_argument("--notes", type=Path, default=None, help="a findings file appended to the report")
     p.add_argument("--threads", type=int, default=1, help="1 is far faster than 2 on a loaded shared CPU")
     p.add_argument("--out", type=Path, default=None)
@@ -565,6 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     few = {m: gen_methods[m] for m in ("SeeDiff", "SeeDiff on the colour word (diagnostic)", "DiffuMask-style",
                                        "whole image")}
     gen_by_n = {n: evaluate([r for r in gen_recs if len(r.classes) == n], few) for n in (1, 2)}
+    clicks_section = click_following(pipe, args.clicks, args.multi, photo) if args.clicks else []
     bench_seconds = time.time() - t0
     sweeps = run_sweeps(pipe, args.sweep, BENCH_CONFIG, mode=args.photo_mode, t=args.t) if args.sweep else []
     seconds = time.time() - t0
@@ -625,6 +644,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{sum(len(r.classes) == 2 for r in gen_recs)} two-object images):", "",
         "1 object:", "", table(gen_by_n[1]), "", "2 objects:", "", table(gen_by_n[2], right=True), "",
     ]
+    text += clicks_section
     if sweeps:
         text += ["## Sweeps (dev split)", ""] + sweeps
     calibration = Path(__file__).parent / "results" / "calibration.md"  # bench/calibration.py's latest run

@@ -259,6 +259,17 @@ def _warn_issues(issues) -> None:
         typer.echo(f"warning: {issue}", err=True)
 
 
+def _nothing_converted(export: Path, source: str) -> str:
+    """Why an export gave no COCO objects, with the --from that would convert something (for the error line)."""
+    tasks = json.loads(Path(export).read_text(encoding="utf-8"))
+    tasks = [tasks] if isinstance(tasks, dict) else tasks if isinstance(tasks, list) else []
+    have = {key: sum(1 for t in tasks if isinstance(t, dict) and t.get(key)) for key in ("annotations", "predictions")}
+    other = "predictions" if source == "annotations" else "annotations"
+    hint = f"; {have[other]} have {other}: add --from {other}" if have[other] else ""
+    return (f"nothing to convert: no task of {export} has usable {source} ({have[source]} of {len(tasks)} have "
+            f"any{hint}); nothing written")
+
+
 @convert_app.command("ls2coco", epilog="Example:  seediff convert ls2coco export.json --config config.xml --out coco.json")
 @_user_errors
 def ls2coco(
@@ -267,14 +278,24 @@ def ls2coco(
     config: Optional[Path] = typer.Option(None, "--config", help="Labeling config XML (fixes category ids)."),
     keep: str = typer.Option("latest", "--keep", help="latest or all annotations per task."),
     segmentation: str = typer.Option("auto", "--segmentation", help="auto, polygons or rle."),
+    source: str = typer.Option("annotations", "--from",
+                               help="annotations (what annotators saved) or predictions (e.g. seediff's proposals)."),
 ) -> None:
-    """Label Studio export → COCO; skipped regions are listed as warnings."""
+    """Label Studio export → COCO; skipped regions are listed as warnings; an export with nothing to convert
+    is an error (exit 2), not an empty file."""
     from .coco import write_coco
     from .jobs.store import writing
     from .lsexport import ls_to_coco
 
-    dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation)
+    if source not in ("annotations", "predictions"):
+        raise UserError(f"--from must be annotations or predictions, got {source!r}")
+    dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation,
+                                 source=source)
     _warn_issues(issues)
+    if not dataset["images"]:
+        raise UserError(_nothing_converted(export, source))
+    if not dataset["annotations"]:
+        typer.echo(f"warning: {len(dataset['images'])} images but no regions in their {source}", err=True)
     with writing(out):
         write_coco(out, dataset)
     typer.echo(f"wrote {out}: {len(dataset['images'])} images, {len(dataset['annotations'])} annotations"
@@ -319,6 +340,7 @@ def preannotate(
     t: int = typer.Option(100, "--t", help="Noise timestep for --mode noise."),
     steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert (the backend's SEEDIFF_STEPS)."),
     drop_absent: bool = typer.Option(False, "--drop-absent/--keep-absent", help="Presence test: empty masks for classes decided absent (the backend's SEEDIFF_DROP_ABSENT)."),
+    control: str = typer.Option("polygon", "--control", help="polygon, brush or both: the region type where a label is in a PolygonLabels and a BrushLabels (the backend's SEEDIFF_CONTROL)."),
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
     batch: int = typer.Option(32, "--batch", min=1, help="Predictions posted per request."),
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
@@ -337,7 +359,7 @@ def preannotate(
         url=url, api_key=api_key, project=project, model=model, device=device, dtype=dtype,
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
-        progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent,
+        progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent, control=control,
         calibration=calibration_params(calibration))
     typer.echo(summary.describe())
     if summary.failed:

@@ -91,11 +91,11 @@ def _image_ref(task: Mapping[str, Any], data_key: str | None) -> str:
     return ref
 
 
-def _chosen_annotations(task: Mapping[str, Any], keep: str) -> list[Mapping[str, Any]]:
-    """Non-cancelled annotations of a task: the latest one (``updated_at``, then id) or all, by id."""
-    anns = task.get("annotations", [])
+def _chosen_annotations(task: Mapping[str, Any], keep: str, source: str = "annotations") -> list[Mapping[str, Any]]:
+    """Non-cancelled annotations (or predictions) of a task: the latest one (``updated_at``, then id) or all."""
+    anns = task.get(source) or []
     if not isinstance(anns, list) or not all(isinstance(a, Mapping) for a in anns):
-        raise RegionError("'annotations' must be a list of objects")
+        raise RegionError(f"{source!r} must be a list of objects")
     live = [a for a in anns if not a.get("was_cancelled", False)]
     if keep == "latest" and live:
         return [max(live, key=lambda a: (_timestamp(a), a.get("id") if isinstance(a.get("id"), Real) else -1))]
@@ -104,13 +104,13 @@ def _chosen_annotations(task: Mapping[str, Any], keep: str) -> list[Mapping[str,
 
 def _convert_task(
     task: Mapping[str, Any], data_key: str | None, keep: str, known: set[str] | None,
-    sizes: Mapping[str, tuple[int, int]], issues: list[ConversionIssue],
+    sizes: Mapping[str, tuple[int, int]], issues: list[ConversionIssue], source: str = "annotations",
 ) -> tuple | None:
     """One task's image and objects for :func:`ls_to_coco`; problems go to ``issues``; None if nothing usable."""
     task_id = task["id"]
     try:
         ref = _image_ref(task, data_key)
-        chosen = _chosen_annotations(task, keep)
+        chosen = _chosen_annotations(task, keep, source)
     except RegionError as exc:
         issues.append(ConversionIssue(task_id, str(exc)))
         return None
@@ -155,6 +155,7 @@ def ls_to_coco(
     keep: Literal["latest", "all"] = "latest",
     image_sizes: Mapping[str, tuple[int, int]] | None = None,
     segmentation: Literal["auto", "polygons", "rle"] = "auto",
+    source: Literal["annotations", "predictions"] = "annotations",
 ) -> tuple[dict[str, Any], list[ConversionIssue]]:
     """COCO dataset from a Label Studio JSON export (list of tasks with ``annotations``), plus issues.
 
@@ -167,6 +168,7 @@ def ls_to_coco(
     segmentation: ``auto`` keeps polygons and rectangles as polygons and writes brushes exactly (outline
         polygon, or RLE when the brush has holes); ``rle`` rasterises everything; ``polygons`` also fills
         brush holes.
+    source: convert the tasks' ``annotations`` (default) or their ``predictions`` (e.g. seediff's proposals).
     Images: ``file_name`` is the Label Studio reference (e.g. ``/data/upload/1/x.jpg``), ``id`` the task id.
     Annotations carry ``ls_annotation_id`` and ``ls_region_id`` for tracing back. Bad tasks, annotations or
     regions are reported (task, annotation, region ids) and skipped; the rest converts.
@@ -175,6 +177,8 @@ def ls_to_coco(
         raise ValueError(f"keep must be 'latest' or 'all', got {keep!r}")
     if segmentation not in ("auto", "polygons", "rle"):
         raise ValueError(f"segmentation must be 'auto', 'polygons' or 'rle', got {segmentation!r}")
+    if source not in ("annotations", "predictions"):
+        raise ValueError(f"source must be 'annotations' or 'predictions', got {source!r}")
     tasks = _load_tasks(tasks)
     categories = categories_from_config(config) if config is not None else None
     known = {c["name"] for c in categories} if categories is not None else None
@@ -198,7 +202,7 @@ def ls_to_coco(
             issues.append(ConversionIssue(task_id, "duplicate task id; later copy skipped"))
             continue
         seen_ids.add(task_id)
-        record = _convert_task(task, data_key, keep, known, sizes, issues)
+        record = _convert_task(task, data_key, keep, known, sizes, issues, source)
         if record is not None:
             converted.append(record)
     cats = category_table(categories, (obj[0] for t in converted for obj in t[3]))

@@ -22,7 +22,8 @@ from .capture import AttentionMaps, CaptureConfig, trace
 from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
 from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES",
+           "MAX_ASPECT"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -52,12 +53,34 @@ def _size_multiple(pipe) -> int:
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
 
 
+MAX_ASPECT = 16  # longest side : shortest side of a photo that is read (beyond it: refused, see photo_size)
+
+
 def photo_size(hw: tuple[int, int], native: int, multiple: int) -> tuple[int, int]:
-    """(H', W') with the photo's aspect, area ≈ native², each side a positive multiple of ``multiple``."""
-    h, w = hw
+    """(H', W') with the photo's aspect, area ≈ native², each side a positive multiple of ``multiple``.
+
+    The model's input stays bounded whatever the photo: H'·W' ≤ (native + multiple)² (the long side is shortened
+    by whole multiples if rounding the short side up would exceed it), so the self-attention recorded, which grows
+    with the square of the input's area, is bounded too. A photo whose aspect is over ``MAX_ASPECT``:1 is refused
+    (ValueError): read at that bound its short side would be under a quarter of ``native``, a strip the model's
+    coarsest attention levels see as one or two cells, so the masks would carry no information.
+    """
+    h, w = (int(x) for x in hw)
+    if h < 1 or w < 1 or native < 1 or multiple < 1:
+        raise ValueError(f"sizes must be positive, got photo {w}×{h}, native {native}, multiple {multiple}")
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ValueError(f"the photo is {w}×{h} pixels, an aspect ratio of {max(h, w) / min(h, w):.1f}:1; photos up "
+                         f"to {MAX_ASPECT}:1 are read (a thinner strip gives the model nothing to segment): crop it "
+                         "or pad it to a less extreme aspect ratio")
     scale = native / math.sqrt(h * w)
     H = max(multiple, int(round(h * scale / multiple)) * multiple)
     W = max(multiple, int(round(w * scale / multiple)) * multiple)
+    cap = (native + multiple) ** 2
+    while H * W > cap:  # only when the short side was rounded up to one multiple: shorten the long side
+        if H >= W:
+            H -= multiple
+        else:
+            W -= multiple
     return H, W
 
 
@@ -79,7 +102,8 @@ def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
 
 @torch.no_grad()
 def input_size(pipe, hw: tuple[int, int], resolution: int | None = None) -> tuple[int, int]:
-    """The size a photo of ``hw`` is fed to the model at: its aspect, area ≈ ``resolution``² (default: native)."""
+    """The size a photo of ``hw`` is fed to the model at: its aspect, area ≈ ``resolution``² (default: native),
+    never over (``resolution`` + the size multiple)²; ValueError for an aspect over ``MAX_ASPECT``:1 (photo_size)."""
     native = resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     return photo_size(hw, native, _size_multiple(pipe))
 

@@ -43,17 +43,13 @@ def background_consistency(
     hw: tuple[int, int],
     *,
     power: float = 2.0,
-    add_background: torch.Tensor | None = None,
-    keep_foreground: torch.Tensor | None = None,
     mode: str = "bicubic",
     eps: float = 1e-4,
 ) -> torch.Tensor:
     """One background-consistency step for ``K`` maps: ``prev`` ``[K, h', w']`` → ``[K, h, w]`` in [0, 1].
 
     attn_hat: row-normalised self-attention ``[h·w, h·w]`` at the target level.
-    add_background / keep_foreground: optional bool ``[K, h, w]`` cells forced into / out of the background
-    seeds (user negatives and out-of-box cells / user positives). A map without background seeds is passed
-    through (upsampled and normalised).
+    A map without background seeds is passed through (upsampled and normalised).
     """
     if prev.ndim != 3:
         raise ValueError(f"prev must be [K, h, w], got shape {tuple(prev.shape)}")
@@ -62,12 +58,8 @@ def background_consistency(
         raise ValueError(f"attention {tuple(attn_hat.shape)} does not match the {h}x{w} grid")
     p = upsample(prev, (h, w), mode) if prev.shape[-2:] != (h, w) else prev.float()
     p = rescale(p, eps, dims=(1, 2))
-    # a flat map (nothing, or everything) has no background to learn from: only the user's cells seed it
+    # a flat map (nothing, or everything) has no background to learn from
     seeds = _background_seeds(p, power) & ~flat_rows(p, eps)[:, None, None]
-    if add_background is not None:
-        seeds |= add_background.to(seeds.device)
-    if keep_foreground is not None:
-        seeds &= ~keep_foreground.to(seeds.device)
     v = summed_cosine(attn_hat, seeds.reshape(len(p), -1)).reshape(len(p), h, w)
     return torch.where(seeds.flatten(1).any(1)[:, None, None], gate_rows(p, v, eps), p)
 

@@ -17,7 +17,7 @@ import torch
 
 __all__ = [
     "minmax", "rescale", "is_flat", "flat_rows", "otsu_threshold", "otsu_thresholds", "aggregate_layers", "otsu_seeds",
-    "fixed_seeds", "UserPrompt", "user_prompts", "point_cells", "box_cells", "boxes_mask",
+    "fixed_seeds", "UserPrompt", "user_prompts", "point_cells", "box_pixels",
 ]
 
 
@@ -227,25 +227,16 @@ def point_cells(points: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[in
     return torch.from_numpy(rows * w + cols)
 
 
-def box_cells(box: Sequence[float], image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Bool ``[h, w]``: cells whose centre lies in the box; a box smaller than a cell gets the cell of its centre."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    H, W = image_hw
-    h, w = grid_hw
-    cy = (torch.arange(h, dtype=torch.float64) + 0.5) * H / h
-    cx = (torch.arange(w, dtype=torch.float64) + 0.5) * W / w
-    inside = ((cy >= y0) & (cy <= y1))[:, None] & ((cx >= x0) & (cx <= x1))[None, :]
-    if not bool(inside.any()):
-        centre = point_cells(np.array([[(x0 + x1) / 2, (y0 + y1) / 2]]), image_hw, grid_hw)
-        inside.view(-1)[centre] = True
-    return inside
-
-
-def boxes_mask(boxes: np.ndarray, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> torch.Tensor | None:
-    """Union of :func:`box_cells` over ``[B, 4]`` boxes, or None when there are no boxes."""
-    if len(boxes) == 0:
+def box_pixels(boxes: np.ndarray, image_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor | None:
+    """Bool ``[h, w]`` at a working size ``hw``: pixels whose centre lies inside any of ``[B, 4]`` image-pixel
+    boxes (None when there are no boxes)."""
+    if not len(boxes):
         return None
-    out = torch.zeros(grid_hw, dtype=torch.bool)
-    for b in boxes:  # a handful of user boxes, not seeds
-        out |= box_cells(b, image_hw, grid_hw)
+    H, W = image_hw
+    h, w = hw
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * H / h
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * W / w
+    out = torch.zeros((h, w), dtype=torch.bool)
+    for x0, y0, x1, y1 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        out |= ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
     return out

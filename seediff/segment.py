@@ -1,7 +1,7 @@
 """segment(maps, classes, method) → ClassMasks: any mask method (``seediff.methods``) behind one generic loop.
 
-Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → boxes cut
-the maps → exclusive labels (argmax with a background channel) → the method's refinement → resize to the
+Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → the
+method's allowed pixels (boxes) cut the maps → exclusive labels (argmax with a background channel) → the method's refinement → resize to the
 image size. A class whose word is absent or whose maps are flat gets an empty mask and a reason.
 """
 
@@ -16,7 +16,7 @@ from .capture import AttentionMaps
 from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
 from .methods import METHODS, get_method
 from .prompts import check_classes
-from .seeds import UserPrompt, user_prompts
+from .seeds import user_prompts
 
 __all__ = ["segment", "output_hw", "working_hw", "model_side", "as_fp32"]
 
@@ -68,20 +68,6 @@ def model_side(maps: AttentionMaps, out_hw: tuple[int, int]) -> int:
     return int(max(seen))
 
 
-def _box_pixels(prompt: UserPrompt, image_hw, hw) -> torch.Tensor | None:
-    """Bool ``[H, W]`` at the working size: pixels inside any of the class's boxes (None without boxes)."""
-    if not len(prompt.boxes):
-        return None
-    H, W = image_hw
-    h, w = hw
-    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * H / h
-    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * W / w
-    out = torch.zeros((h, w), dtype=torch.bool)
-    for x0, y0, x1, y1 in prompt.boxes:
-        out |= ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
-    return out
-
-
 def segment(
     maps: AttentionMaps,
     classes: str | Sequence[str],
@@ -99,7 +85,8 @@ def segment(
     config (default: its reference values; a loaded model's own values: ``ModelDefaults.config(method)``).
     points: per class ``{class: [(x, y, label), ...]}`` in image pixels (label 1 positive, 0 negative; bare
     ``(x, y)`` is positive), or a bare list for a single class. boxes: ``{class: [(x0, y0, x1, y1), ...]}``
-    likewise. Points go to methods that accept them (SeeDiff); boxes cut every method's maps.
+    likewise. Points go to methods that accept them (SeeDiff: a positive click puts its object in its class,
+    whatever the word says; a negative one takes its region away); boxes cut every method's maps.
     ``cache``: a dict kept across calls on the same maps (row-normalised attention, PAMR affinities).
     """
     mask_method = get_method(method)
@@ -120,8 +107,8 @@ def segment(
         probs, thresholds, reasons = mask_method.probs(maps, classes, config, hw, batch=batch, prompts=prompts,
                                                        image_hw=out_hw, cache=cache)
         probs = probs.float().cpu()
-        clip_boxes = mask_method.clips_to_boxes(config)
-        boxes_px = [(_box_pixels(prompts[c], out_hw, hw) if clip_boxes else None) for c in classes]
+        boxes_px = mask_method.allowed(maps, classes, config, hw, batch=batch, prompts=prompts, image_hw=out_hw,
+                                       cache=cache)
         for i, b in enumerate(boxes_px):
             if b is not None:
                 probs[i] = torch.where(b, probs[i], torch.zeros_like(probs[i]))

@@ -9,25 +9,36 @@ real path (symlinks resolved, no '..') lies under an allowed root. Caps on bytes
 bombs), a short list of raster formats (no EPS/PDF decoders), EXIF orientation applied. The API key is sent
 only to Label Studio and never logged; a personal access token (a JWT refresh token) is exchanged for an
 access token through Label Studio's ``/api/token/refresh/``.
+
+Bounded in time and memory whatever the server does: the whole fetch (connect, headers, body, redirects) runs
+under one wall-clock deadline from the first byte sent, enforced by shutting the sockets down when it passes
+(httpx's timeouts are per read: a server dripping one header byte every few seconds never trips them). The body
+is read raw and decoded here, at most one layer of gzip/deflate, with the byte cap counted on the decoded bytes
+as they are produced (a ``Content-Encoding: gzip, gzip`` bomb is refused before it inflates).
 """
 
 from __future__ import annotations
 
 import io
 import ipaddress
+import logging
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit, urlunsplit
 
 from PIL import Image, ImageOps
 
+from .pixels import rgb_image
 from .settings import Settings, jwt_claims
 
-__all__ = ["FetchError", "Fetcher", "auth_header", "IMAGE_FORMATS"]
+__all__ = ["FetchError", "Fetcher", "auth_header", "IMAGE_FORMATS", "MAX_REF_CHARS"]
 
+log = logging.getLogger("seediff_labelstudio")
 _MAX_REDIRECTS = 3
+MAX_REF_CHARS = 8192  # a task's image reference (URL or path) longer than this is refused
 _LS_PREFIXES = ("/data/", "/tasks/", "/api/", "/storage-data/")  # paths Label Studio serves
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "MPO")  # decoders a task image may use
 
@@ -60,6 +71,7 @@ class Fetcher:
         if not isinstance(ref, str) or not ref.strip():
             raise FetchError(f"the task's image reference must be a non-empty string, got {type(ref).__name__}")
         ref = ref.strip()
+        _check_ref_text(ref)
         parts = urlsplit(ref)
         if parts.scheme in ("http", "https"):
             return self._decode(self._get(ref, api_key))
@@ -82,6 +94,18 @@ class Fetcher:
         if ref.startswith("/"):
             return self._decode(self._read_local(Path(ref)))
         raise FetchError(f"cannot fetch {ref[:100]!r}: not a URL, a Label Studio path or an absolute file path")
+
+    def token_opens_project(self, token: str, project: str) -> bool:
+        """Whether Label Studio accepts ``token`` for project ``project``: ``GET /api/projects/<id>/`` with it
+        answers 200 (within the fetch deadline). How /setup decides that a token really comes from Label Studio."""
+        if self._ls is None or not project.isdigit() or not token:
+            return False
+        try:
+            self._get(f"{self.settings.ls_url}/api/projects/{int(project)}/", token)
+        except FetchError as exc:
+            log.warning("Label Studio did not confirm the token sent to /setup for project %s: %s", project, exc)
+            return False
+        return True
 
     # ---- local files ---------------------------------------------------------------------------------
     def _local_files_path(self, ref: str) -> Path | None:
@@ -198,45 +222,72 @@ class Fetcher:
             return access
 
     def _get(self, url: str, api_key: str | None = None) -> bytes:
-        """GET with manual redirects (each target re-checked), timeouts and a byte cap."""
+        """GET with manual redirects (each target re-checked), the byte cap on decoded bytes and one deadline
+        (``SEEDIFF_FETCH_TIMEOUT`` from the first byte sent, redirects included)."""
         import httpx
 
+        timeout = self.settings.fetch_timeout
         renewed = False
         redirects = 0
-        while True:
-            is_ls, target, headers, extensions = self._target(url)
-            headers = {**headers, **self._auth(is_ls, api_key, renew=renewed)}
-            # A pinned (non-LS) target goes direct: a proxy from the environment would resolve the name again.
-            client = httpx.Client(timeout=self.settings.fetch_timeout, follow_redirects=False, trust_env=is_ls)
-            try:
-                with client, client.stream("GET", target, headers=headers, extensions=extensions) as resp:
-                    if resp.is_redirect:
-                        redirects += 1
-                        if redirects > _MAX_REDIRECTS:
-                            raise FetchError(f"too many redirects fetching {_redact(url)}")
-                        url = urljoin(url, resp.headers.get("location", ""))
-                        continue
-                    if resp.status_code == 401 and is_ls and not renewed and "Bearer" in headers.get("Authorization", ""):
-                        renewed = True  # the cached access token may have expired early: exchange once more
-                        continue
-                    if resp.status_code != 200:
-                        raise FetchError(f"GET {_redact(url)} answered HTTP {resp.status_code}")
-                    declared = int(resp.headers.get("content-length") or 0)
-                    if declared > self.settings.max_image_bytes:
-                        raise FetchError(f"image is {declared} bytes, over the {self.settings.max_image_bytes}-byte cap")
-                    data = bytearray()
-                    deadline = time.monotonic() + self.settings.fetch_timeout  # total, not per read: no slow drip
-                    for chunk in resp.iter_bytes():
-                        data += chunk
-                        if len(data) > self.settings.max_image_bytes:
-                            raise FetchError(f"image is over the {self.settings.max_image_bytes}-byte cap")
-                        if time.monotonic() > deadline:
-                            raise httpx.ReadTimeout("total time")
-                    return bytes(data)
-            except httpx.TimeoutException:
-                raise FetchError(f"GET {_redact(url)} timed out after {self.settings.fetch_timeout:g} s") from None
-            except httpx.HTTPError as exc:
-                raise FetchError(f"GET {_redact(url)} failed: {type(exc).__name__}") from None
+        with _Deadline(timeout) as deadline:
+            while True:
+                is_ls, target, headers, extensions = self._target(url)
+                headers = {**headers, **self._auth(is_ls, api_key, renew=renewed), "Accept-Encoding": "identity"}
+                # A pinned (non-LS) target goes direct: a proxy from the environment would resolve the name again.
+                client = httpx.Client(timeout=max(0.01, deadline.left()), follow_redirects=False, trust_env=is_ls)
+                try:
+                    with client, client.stream("GET", target, headers=headers,
+                                               extensions={**extensions, "trace": deadline.trace}) as resp:
+                        if resp.is_redirect:
+                            redirects += 1
+                            if redirects > _MAX_REDIRECTS:
+                                raise FetchError(f"too many redirects fetching {_redact(url)}")
+                            url = urljoin(url, resp.headers.get("location", ""))
+                            continue
+                        bearer = "Bearer" in headers.get("Authorization", "")
+                        if resp.status_code == 401 and is_ls and not renewed and bearer:
+                            renewed = True  # the cached access token may have expired early: exchange once more
+                            continue
+                        if resp.status_code != 200:
+                            raise FetchError(f"GET {_redact(url)} answered HTTP {resp.status_code}")
+                        return self._body(resp, deadline)
+                except FetchError:
+                    raise
+                except (httpx.HTTPError, OSError) as exc:
+                    if deadline.expired or isinstance(exc, httpx.TimeoutException):
+                        raise FetchError(f"GET {_redact(url)} timed out after {timeout:g} s "
+                                         "(SEEDIFF_FETCH_TIMEOUT, the whole fetch)") from None
+                    raise FetchError(f"GET {_redact(url)} failed: {type(exc).__name__}") from None
+                except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+                    raise FetchError(f"GET {_redact(url)}: not a valid URL ({_one_line(exc)})") from None
+
+    def _body(self, resp, deadline: "_Deadline") -> bytes:
+        """The response body, decoded (at most one gzip/deflate layer) with the byte cap on decoded bytes."""
+        cap = self.settings.max_image_bytes
+        declared = resp.headers.get("content-length") or "0"
+        if declared.isdigit() and int(declared) > cap:
+            raise FetchError(f"image is {declared} bytes, over the {cap}-byte cap (SEEDIFF_MAX_IMAGE_BYTES)")
+        decoder = _decoder(resp.headers.get("content-encoding", ""))
+        data = bytearray()
+        raw = 0
+        for chunk in resp.iter_raw():
+            raw += len(chunk)
+            if raw > cap:
+                raise FetchError(f"image is over the {cap}-byte cap (SEEDIFF_MAX_IMAGE_BYTES)")
+            if decoder is None:
+                data += chunk
+            else:
+                try:
+                    data += decoder.decompress(chunk, cap + 1 - len(data))
+                except zlib.error:
+                    raise FetchError("the image server sent a body that does not decode as its "
+                                     "Content-Encoding says") from None
+            if len(data) > cap:
+                raise FetchError(f"image is over the {cap}-byte cap once decoded (SEEDIFF_MAX_IMAGE_BYTES)")
+            if deadline.left() <= 0:
+                raise FetchError(f"GET timed out after {self.settings.fetch_timeout:g} s (SEEDIFF_FETCH_TIMEOUT, "
+                                 "the whole fetch)")
+        return bytes(data)
 
     # ---- decoding ------------------------------------------------------------------------------------
     def _decode(self, data: bytes) -> Image.Image:
@@ -247,19 +298,103 @@ class Fetcher:
             raise FetchError(f"image is over the {self.settings.max_image_pixels}-pixel cap ({exc})") from None
         except Exception:
             raise FetchError(f"the file is not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
-        with im:
-            w, h = im.size
-            if w * h > self.settings.max_image_pixels:
-                raise FetchError(f"image is {w}×{h} = {w * h} pixels, over the {self.settings.max_image_pixels}-pixel cap")
-            try:
-                out = ImageOps.exif_transpose(im).convert("RGB")
-                out.load()
-            except Exception as exc:
-                raise FetchError(f"the image could not be decoded: {type(exc).__name__}") from None
-        return out
+        w, h = im.size
+        if w * h > self.settings.max_image_pixels:
+            im.close()
+            raise FetchError(f"image is {w}×{h} = {w * h} pixels, over the {self.settings.max_image_pixels}-pixel cap")
+        try:
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # in place: no second copy of a large image
+            return rgb_image(im)
+        except ValueError as exc:  # a mode with no scale to assume
+            raise FetchError(str(exc)) from None
+        except Exception as exc:
+            raise FetchError(f"the image could not be decoded: {type(exc).__name__}") from None
 
 
 def _redact(url: str) -> str:
     """A URL for messages: no query string (may carry tokens), no userinfo."""
     p = urlsplit(url)
     return f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path[:80]}"
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line (no newlines, at most 200 characters)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _check_ref_text(ref: str) -> None:
+    """FetchError for a reference no client should send: control characters (tab, CR, LF…) or over the length cap."""
+    if len(ref) > MAX_REF_CHARS:
+        raise FetchError(f"the image reference is {len(ref)} characters long; at most {MAX_REF_CHARS} are accepted")
+    bad = next((i for i, c in enumerate(ref) if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise FetchError(f"the image reference has a control character {ref[bad]!r} at position {bad}: "
+                         f"{ref[:60]!r}")
+
+
+def _decoder(content_encoding: str):
+    """A zlib decompressor for one layer of gzip/deflate, None for identity; FetchError for anything else
+    (several layers, br, zstd…): a server that stacks encodings is refused rather than inflated."""
+    layers = [e.strip().lower() for e in content_encoding.split(",") if e.strip() and e.strip().lower() != "identity"]
+    if not layers:
+        return None
+    if len(layers) > 1:
+        raise FetchError(f"the image server sent {len(layers)} layers of Content-Encoding ({content_encoding[:60]!r}); "
+                         "at most one (gzip or deflate) is decoded")
+    if layers[0] in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    raise FetchError(f"unsupported Content-Encoding {layers[0][:30]!r} from the image server (gzip or deflate only)")
+
+
+class _Deadline:
+    """One wall-clock limit for a whole fetch: when it passes, every socket the fetch opened is shut down, which
+    wakes a read blocked on a server that drips bytes (per-read timeouts would restart at each byte)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def left(self) -> float:
+        """Seconds left (negative once passed)."""
+        return self.end - time.monotonic()
+
+    def trace(self, event: str, info: dict) -> None:
+        """httpcore's trace hook: remember each connection's socket as it opens (shut at once if already late)."""
+        if not event.endswith(("connect_tcp.complete", "start_tls.complete")):
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._socks.append(sock)
+                late = self.expired
+            if late:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            socks = list(self._socks)
+        for sock in socks:
+            _shut(sock)
+
+    def __enter__(self) -> "_Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down both ways (wakes a blocked recv); a socket already closed is left alone."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LabelPlan", "label_plan", "plan_results"]
+__all__ = ["CONTROLS", "LabelPlan", "label_plan", "plan_results", "pick_control"]
+
+CONTROLS = ("polygon", "brush", "both")  # SEEDIFF_CONTROL: which control type a project's answers use
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,13 @@ def label_plan(config: str) -> LabelPlan:
     li = LabelInterface(config)
     images = {o.name: o for o in li.objects if o.tag == "Image"}
     if not images:
-        raise ValueError("the project's labeling config has no <Image>: seediff pre-annotates images")
+        found = ", ".join(f"<{o.tag} name={o.name!r}>" for o in li.objects) or "no objects"
+        raise ValueError(f"the project's labeling config has no <Image> (it has {found}): seediff pre-annotates images")
     supported = [c for c in li.controls if c.tag in _KINDS and c.to_name and c.to_name[0] in images]
     if not supported:
-        raise ValueError("the project's labeling config has no <PolygonLabels> or <BrushLabels> on an <Image>")
+        found = ", ".join(f"<{c.tag} name={c.name!r}>" for c in li.controls) or "no controls"
+        raise ValueError("the project's labeling config has no <PolygonLabels> or <BrushLabels> on an <Image> "
+                         f"(it has {found}): seediff answers with polygons or brush masks")
     to_name = supported[0].to_name[0]
     on_image = [c for c in supported if c.to_name[0] == to_name]
     first = {kind: next((c.name for c in on_image if _KINDS[c.tag] == kind), None) for kind in ("polygon", "brush")}
@@ -85,25 +90,46 @@ def label_plan(config: str) -> LabelPlan:
     return LabelPlan(to_name, images[to_name].value_name, first["polygon"], first["brush"], words, where, controls)
 
 
-def plan_results(plan: LabelPlan, masks, size: tuple[int, int]) -> list[dict[str, Any]]:
+def pick_control(targets: tuple[str | None, str | None], control: str) -> tuple[str | None, str | None]:
+    """One label's (polygon, brush) control names reduced to the project's control type, so annotators edit
+    with one tool: 'polygon' keeps the polygon control when the label has one, 'brush' the brush control;
+    'both' keeps both (then a mask with holes becomes a brush, others polygons). A label only one kind of
+    control holds keeps that one (Label Studio rejects a region whose label its control lacks)."""
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got {control!r}")
+    polygon, brush = targets
+    if control == "polygon" and polygon is not None:
+        return polygon, None
+    if control == "brush" and brush is not None:
+        return None, brush
+    return polygon, brush
+
+
+def plan_results(plan: LabelPlan, masks, size: tuple[int, int], control: str = "polygon",
+                 only: set[str] | None = None) -> list[dict[str, Any]]:
     """Label Studio regions for a plan from ClassMasks over its class words (a label's words are OR-ed, its
     score is their scores weighted by mask area: the mean foreground probability over the union).
 
     Each label goes only to the control(s) that hold it (Label Studio rejects a region whose label its control
-    lacks); ``size`` is the image's natural (width, height).
+    lacks), of the type ``control`` picks (:func:`pick_control`); ``only``: the labels to answer (an interactive
+    click answers its own label, not every label); ``size`` is the image's natural (width, height).
     """
     from seediff.lsformat import ls_results
 
+    if control not in CONTROLS:
+        raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got {control!r}")
     by_word = {w: (np.asarray(m, bool), float(s)) for w, m, s in zip(masks.labels, masks.masks, masks.scores)}
     groups: dict[tuple[str | None, str | None], list[tuple[str, np.ndarray, float]]] = {}
     for label, words in plan.words.items():
+        if only is not None and label not in only:
+            continue
         parts = [by_word[w] for w in words if w in by_word]
         if not parts:
             continue
         mask = np.logical_or.reduce([m for m, _ in parts])
         areas = np.array([m.sum() for m, _ in parts], float)  # words with empty masks do not dilute the score
         score = float(np.dot(areas, [s for _, s in parts]) / areas.sum()) if areas.sum() else 0.0
-        groups.setdefault(plan.targets(label), []).append((label, mask, score))
+        groups.setdefault(pick_control(plan.targets(label), control), []).append((label, mask, score))
     result: list[dict[str, Any]] = []
     for (polygon, brush), entries in groups.items():
         result += ls_results(entries, to_name=plan.to_name, image_size=size, polygon_from_name=polygon,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,9 +30,9 @@ from seediff.calibrate import Calibration, fit, load_calibration, mask_knob, obs
 
 from .calibration_store import STORE_NAME, CalibrationStore, TaskEvidence
 from .labels import LabelPlan, label_plan
-from .settings import SettingsError
 
-__all__ = ["Learner", "WebhookError", "Calibrations", "check_calibration_env", "annotation_truth", "LEARN_ACTIONS"]
+__all__ = ["Learner", "WebhookError", "Calibrations", "annotation_truth", "LEARN_ACTIONS", "webhook_responses",
+           "calibration_router"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -50,18 +49,37 @@ class WebhookError(Exception):
         self.status, self.detail = status, detail
 
 
-def check_calibration_env(settings) -> None:
-    """Open what SEEDIFF_DATA_DIR and SEEDIFF_CALIBRATION name, at start-up (SettingsError names the variable)."""
-    if settings.calibration_file is not None:
-        try:
-            load_calibration(settings.calibration_file)
-        except ValueError as exc:
-            raise SettingsError(f"SEEDIFF_CALIBRATION: {exc}") from None
-    if settings.data_dir is not None:
-        try:
-            CalibrationStore(settings.data_dir / STORE_NAME)
-        except (OSError, sqlite3.Error) as exc:
-            raise SettingsError(f"SEEDIFF_DATA_DIR: cannot open {settings.data_dir / STORE_NAME}: {exc}") from None
+def webhook_responses(ok_model, error_model) -> dict:
+    """/webhook's answers about learning, for the OpenAPI spec (the app adds 200, 400, 401, 413)."""
+    return {202: {"model": ok_model, "description": "verified; learning from it in the background"},
+            404: {"model": error_model, "description": "Label Studio's API does not have what it names"},
+            422: {"model": error_model, "description": "malformed annotation or training event"},
+            502: {"model": error_model, "description": "Label Studio's API could not be read"}}
+
+
+def calibration_router(learner: "Learner", model, dependencies: list, responses: dict, error_model):
+    """``GET /calibration/{project}`` (what was learnt) and ``DELETE /calibration/{project}`` (forget it)."""
+    from fastapi import APIRouter, HTTPException
+
+    router = APIRouter(dependencies=dependencies)
+    spec = {200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+            404: {"model": error_model, "description": "no calibration store (SEEDIFF_DATA_DIR unset)"}, **responses}
+
+    def store() -> CalibrationStore:
+        if learner.store is None:
+            raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
+        return learner.store
+
+    @router.get("/calibration/{project}", responses=spec)
+    async def calibration(project: int):
+        return {**store().summary(project), "model_version": model.version_for(project)}
+
+    @router.delete("/calibration/{project}", responses=spec)
+    async def reset_calibration(project: int):
+        store().reset(project)
+        return {"project": project, "status": "reset", "model_version": model.version_for(project)}
+
+    return router
 
 
 class Calibrations:
@@ -157,6 +175,15 @@ class Learner:
 
                 return LabelStudio(base_url=settings.ls_url, api_key=settings.ls_api_key, timeout=30)
         return cls(model, store, factory, fixed)
+
+    @classmethod
+    def attach(cls, app, settings, model, dependencies: list, responses: dict, error_model) -> "Learner":
+        """The settings' learner on an app: the model's predictions use its calibrations, /calibration serves it."""
+        learner = cls.from_settings(settings, model)
+        model.calibrations = learner.calibrations
+        app.state.learner = learner
+        app.include_router(calibration_router(learner, model, dependencies, responses, error_model))
+        return learner
 
     @property
     def enabled(self) -> bool:

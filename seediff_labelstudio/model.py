@@ -10,15 +10,16 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from typing import Any, Mapping, Sequence
 
 from .fetch import Fetcher, FetchError
 from .labels import LabelPlan, label_plan
+from .limits import BoundedLRU, segment_bytes
 from .predict import PredictOptions, read_photo_for, task_masks, task_prediction
 from .settings import Settings
 
-__all__ = ["SeeDiffModel", "context_seeds", "backend_model_version"]
+__all__ = ["SeeDiffModel", "clicked_labels", "context_seeds", "backend_model_version"]
 
 log = logging.getLogger("seediff_labelstudio")
 
@@ -29,45 +30,83 @@ def backend_model_version(s: Settings) -> str:
     return PredictOptions.from_settings(s).model_version
 
 
+def _negative(region: Mapping[str, Any], value: Mapping[str, Any]) -> bool:
+    """Whether an interactive keypoint is a negative click: ``is_positive`` false on the region (Label Studio's
+    place), else in its value; false, 0 and "false" count as negative, anything else (or nothing) as positive."""
+    flag = region["is_positive"] if "is_positive" in region else value.get("is_positive", True)
+    return flag is False or flag == 0 or (isinstance(flag, str) and flag.strip().lower() in ("false", "0"))
+
+
+def _pixels_digest(image) -> bytes:
+    """A digest of an image's pixels, hashed in bands of rows (no second full copy of a large image)."""
+    h = hashlib.blake2b(digest_size=16)
+    for y in range(0, image.height, 256):
+        h.update(image.crop((0, y, image.width, min(image.height, y + 256))).tobytes())
+    return h.digest()
+
+
 def context_seeds(context: Mapping[str, Any] | None, plan: LabelPlan, size: tuple[int, int]):
     """Interactive context (keypoints / rectangles an annotator drew) → per-class points and boxes in pixels.
 
-    A keypoint or rectangle carries a label; it becomes a positive seed (or a box) for that label's words.
+    A keypoint or rectangle carries a label; it becomes a seed (or a box) for that label's words (a label the
+    plan lacks stands for its lowercased word). A keypoint is negative when ``is_positive`` is false: Label
+    Studio puts it on the region itself (an Alt-click), not in ``value``; ``value.is_positive`` is read only
+    when the region has none.
     """
     points: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
     boxes: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
-    if not context:
-        return {}, {}
-    regions = context.get("result") if isinstance(context, Mapping) else None
-    if not isinstance(regions, list):
-        return {}, {}
     w, h = size
-    for region in regions:
-        if not isinstance(region, Mapping) or not isinstance(region.get("value"), Mapping):
-            continue
-        value, kind = region["value"], region.get("type", "")
-        labels = value.get(kind) or value.get("keypointlabels") or value.get("rectanglelabels") or value.get("labels") or []
-        words = [wd for lab in labels for wd in plan.words.get(lab, [str(lab).lower()])]
-        words = [wd for wd in words if wd in plan.classes]
+    for region in _regions(context):
+        value, kind = region["value"], str(region.get("type", ""))
+        words = [wd for lab in _labels_of(region) for wd in plan.words.get(lab, [lab.lower()]) if wd in plan.classes]
         try:
             x, y = float(value["x"]) * w / 100, float(value["y"]) * h / 100
         except (KeyError, TypeError, ValueError):
             continue
         for word in words:
             if kind.startswith("keypoint"):
-                points[word].append((x, y, 0 if value.get("is_positive") is False else 1))
+                points[word].append((x, y, 0 if _negative(region, value) else 1))
             elif kind.startswith("rectangle") and "width" in value and "height" in value:
                 boxes[word].append((x, y, x + float(value["width"]) * w / 100, y + float(value["height"]) * h / 100))
     return dict(points), dict(boxes)
+
+
+def _regions(context: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The interactive regions of a request's context (``context.result``) that have a ``value`` object."""
+    regions = context.get("result") if isinstance(context, Mapping) else None
+    if not isinstance(regions, list):
+        return []
+    return [r for r in regions if isinstance(r, Mapping) and isinstance(r.get("value"), Mapping)]
+
+
+def _labels_of(region: Mapping[str, Any]) -> list[str]:
+    """The labels an interactive region carries (``value[<type>]``, else keypoint/rectangle labels or labels)."""
+    value = region["value"]
+    labels = (value.get(str(region.get("type", ""))) or value.get("keypointlabels") or value.get("rectanglelabels")
+              or value.get("labels") or [])
+    return [str(lab) for lab in labels] if isinstance(labels, list) else []
+
+
+def clicked_labels(context: Mapping[str, Any] | None, plan: LabelPlan) -> set[str] | None:
+    """The labels an interactive request's keypoints / rectangles carry that the plan can answer (an interactive
+    answer holds only these: one click, one suggestion); None for a request without interactive regions."""
+    regions = _regions(context)
+    if not regions:
+        return None
+    out: set[str] = set()
+    for lab in (lab for region in regions for lab in _labels_of(region)):
+        out |= {lab} if lab in plan.words else {name for name, words in plan.words.items() if lab.lower() in words}
+    return out
 
 
 class SeeDiffModel:
     """The loaded pipeline plus the per-task prediction; GPU work is serialised with a lock.
 
     Memory stays bounded however many requests arrive: at most two tasks hold a decoded image at a time (one
-    in the UNet, one fetched and waiting); the rest wait before fetching. The attention of the last
-    ``SEEDIFF_CACHE_IMAGES`` images is kept (keyed by pixels and prompt), so an annotator's repeated interactive
-    clicks on one task run the UNet once and only the cheap mask step again.
+    in the UNet, one fetched and waiting); the rest wait before fetching. The predictors (image + attention) of
+    the last ``SEEDIFF_CACHE_IMAGES`` images are kept, within ``SEEDIFF_CACHE_BYTES`` in all (keyed by pixels and
+    prompt), so an annotator's repeated interactive clicks on one task run the UNet once and only the cheap mask
+    step again.
     """
 
     HELD_IMAGES = 2
@@ -81,7 +120,8 @@ class SeeDiffModel:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.HELD_IMAGES)
         self._held = 0
-        self._predictors: OrderedDict[tuple, Any] = OrderedDict()  # (pixels digest, prompt) → SeeDiffPredictor
+        # (pixels digest, prompt) → SeeDiffPredictor, bounded by count and by the bytes each holds
+        self._predictors: BoundedLRU = BoundedLRU(settings.cache_images, settings.cache_bytes)
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
         self.model_version = self.options.model_version  # without a project's calibration
@@ -233,27 +273,36 @@ class SeeDiffModel:
             points, boxes = context_seeds(context, plan, (image.width, image.height))
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError
-            key = (image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest(), prompt)
+            need = segment_bytes(image.size, len(classes))
+            if need > s.max_task_bytes:
+                raise ValueError(f"a {image.width}×{image.height} image with {len(classes)} class words needs about "
+                                 f"{need >> 20} MiB to segment at full size, over SEEDIFF_MAX_TASK_BYTES "
+                                 f"({s.max_task_bytes >> 20} MiB)")
+            self._predictors.trim(s.max_task_bytes - need)  # cached predictors + this task stay within the budget
+            key = (image.size, _pixels_digest(image), prompt)
+            size = (image.width, image.height)
             with self._lock:  # one UNet at a time: GPU memory and CPU threads are shared
                 t2 = time.perf_counter()
-                predictor = self._predictors.pop(key, None)
+                predictor = self._predictors.pop(key)
                 if predictor is None:
                     predictor = read_photo_for(self.loaded, image, classes, options)
                     self.count(unet_reads=1)
-                if s.cache_images:
-                    self._predictors[key] = predictor
-                    while len(self._predictors) > s.cache_images:
-                        self._predictors.popitem(last=False)
+                image = None  # the predictor keeps its own copy: do not hold two while segmenting
                 t3 = time.perf_counter()
                 masks = task_masks(predictor, classes, options, points, boxes)
                 t4 = time.perf_counter()
-            size = (image.width, image.height)
+                self._predictors.put(key, predictor)  # measured with what predict cached; dropped if over the caps
         finally:
             self._hold(-1)
             self._slots.release()
         for word, reason in masks.reasons.items():
             log.info("task %s: %s: %s", task.get("id"), word, reason)
-        prediction = task_prediction(plan, masks, size, options.model_version)
+        only = clicked_labels(context, plan)
+        if only is not None and not only:
+            log.warning("task %s: the interactive regions' labels %s are not labels of the <PolygonLabels>/"
+                        "<BrushLabels> on the image %s: nothing to suggest", task.get("id"),
+                        sorted({lab for r in _regions(context) for lab in _labels_of(r)}), sorted(plan.words))
+        prediction = task_prediction(plan, masks, size, options.model_version, control=options.control, only=only)
         t5 = time.perf_counter()
         self.count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
         return prediction

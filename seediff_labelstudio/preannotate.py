@@ -33,7 +33,7 @@ __all__ = ["LabelPlan", "label_plan", "model_version_for", "options_of", "preann
            "PreannotateSummary", "make_fetcher"]
 
 IDENTITY = ("model", "dtype", "mode", "t", "steps", "seed", "method", "drop_absent", "threads", "model_version", "plan",
-            "project", "url", "prompt_template", "calibration")
+            "project", "url", "prompt_template", "control", "calibration")
 
 
 def options_of(params: Mapping[str, Any]) -> PredictOptions:
@@ -43,6 +43,7 @@ def options_of(params: Mapping[str, Any]) -> PredictOptions:
                           steps=int(params.get("steps", 10)), seed=int(params.get("seed", 0)),
                           prompt_template=params.get("prompt_template") or PredictOptions.prompt_template,
                           drop_absent=bool(params.get("drop_absent", False)),
+                          control=params.get("control", "polygon"),
                           calibration=Calibration.from_dict(params["calibration"]) if params.get("calibration") else None)
 
 
@@ -149,7 +150,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
                         progress: bool = True, prompt_template: str = PredictOptions.prompt_template,
-                        steps: int = 10, drop_absent: bool = False,
+                        steps: int = 10, drop_absent: bool = False, control: str = "polygon",
                         calibration: Mapping[str, Any] | None = None) -> PreannotateSummary:
     """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
@@ -165,7 +166,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         raise ValueError(f"cannot read project {project} at {url}: HTTP {exc.status_code} {str(exc.body)[:200]}") from None
     plan = label_plan(proj.label_config)
     options = PredictOptions(model=str(model), method=method, photo_mode=mode, t=t, steps=steps, seed=seed,
-                             prompt_template=prompt_template, drop_absent=drop_absent,
+                             prompt_template=prompt_template, drop_absent=drop_absent, control=control,
                              calibration=Calibration.from_dict(calibration) if calibration else None)
     version = model_version or options.model_version
     summary = PreannotateSummary(project, version)
@@ -187,7 +188,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         items.append(Item(item_id, seed, {"task": int(task.id), "image": ref}))  # the options' seed, as the backend
     params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, steps=steps, seed=seed, method=method,
                   drop_absent=drop_absent, threads=threads, model_version=version, plan=plan.to_dict(),
-                  project=project, url=url, api_key=api_key, prompt_template=options.prompt_template,
+                  project=project, url=url, api_key=api_key, prompt_template=options.prompt_template, control=control,
                   calibration=calibration)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)

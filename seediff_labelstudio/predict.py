@@ -1,8 +1,8 @@
 """One way to predict a Label Studio task, used by the backend (``/predict``) and by ``seediff preannotate``.
 
 :class:`PredictOptions` holds every setting that changes the proposals (method, photo mode, t, steps, seed,
-prompt template, drop_absent) and names them in one ``model_version``. Given the loaded model, a photo and
-the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
+prompt template, drop_absent, control type) and names them in one ``model_version``. Given the loaded model, a
+photo and the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
 :func:`task_masks` segments it and :func:`task_prediction` builds the Label Studio regions; :func:`predict_photo`
 chains the three. The same task under the same options gives the same bytes on either path.
 """
@@ -21,7 +21,7 @@ from seediff.calibrate import Calibration, apply_calibration, calibrated_config,
 from seediff.jobs.store import slug
 from seediff.prompts import DEFAULT_TEMPLATE, check_template, class_prompt
 
-from .labels import LabelPlan, plan_results
+from .labels import CONTROLS, LabelPlan, plan_results
 
 __all__ = ["PredictOptions", "model_version_for", "read_photo_for", "task_masks", "task_prediction",
            "predict_photo"]
@@ -45,6 +45,7 @@ class PredictOptions:
     seed: int = 0
     prompt_template: str = DEFAULT_TEMPLATE
     drop_absent: bool = False
+    control: str = "polygon"  # the control type of the regions where a label is in both kinds (labels.CONTROLS)
     calibration: Calibration | None = None  # a project's (seediff.calibrate): mask threshold, presence, scores
 
     def __post_init__(self) -> None:
@@ -60,18 +61,20 @@ class PredictOptions:
             if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "steps" else 0):
                 raise ValueError(f"{name} must be an int >= {1 if name == 'steps' else 0}, got {v!r}")
         object.__setattr__(self, "prompt_template", check_template(self.prompt_template))
+        if self.control not in CONTROLS:
+            raise ValueError(f"control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
 
     @classmethod
     def from_settings(cls, s) -> "PredictOptions":
         """The options of the backend's :class:`~seediff_labelstudio.settings.Settings`."""
         return cls(model=s.model, method=s.method, photo_mode=s.photo_mode, t=s.timestep, steps=s.steps, seed=s.seed,
-                   prompt_template=s.prompt_template, drop_absent=s.drop_absent)
+                   prompt_template=s.prompt_template, drop_absent=s.drop_absent, control=s.control)
 
     @property
     def model_version(self) -> str:
         """:func:`model_version_for` (model, method, photo mode, t), plus a short hash of any other non-default
-        setting that changes the masks (prompt template, seed, steps where they count, drop_absent), plus the
-        calibration's digest."""
+        setting that changes the masks or their regions (prompt template, seed, steps where they count,
+        drop_absent, control type), plus the calibration's digest."""
         extra: dict[str, Any] = {}
         if self.prompt_template != DEFAULT_TEMPLATE:
             extra["prompt_template"] = self.prompt_template
@@ -81,6 +84,8 @@ class PredictOptions:
             extra["steps"] = self.steps
         if self.drop_absent:
             extra["drop_absent"] = True
+        if self.control != "polygon":
+            extra["control"] = self.control
         base = model_version_for(self.model, self.method, self.photo_mode, self.t)
         if extra:
             base = f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
@@ -120,9 +125,11 @@ def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=N
     return apply_calibration(cal, masks, keep={*(points or {}), *(boxes or {})})
 
 
-def task_prediction(plan: LabelPlan, masks, size: tuple[int, int], model_version: str) -> dict[str, Any]:
-    """The Label Studio prediction: regions for the plan's controls, their mean score, the model_version."""
-    result = plan_results(plan, masks, size)
+def task_prediction(plan: LabelPlan, masks, size: tuple[int, int], model_version: str, *, control: str = "polygon",
+                    only: set[str] | None = None) -> dict[str, Any]:
+    """The Label Studio prediction: regions for the plan's controls (of the ``control`` type; only the labels in
+    ``only`` when given: an interactive click answers its own label), their mean score, the model_version."""
+    result = plan_results(plan, masks, size, control=control, only=only)
     scores = [r["score"] for r in result if isinstance(r.get("score"), (int, float))]
     return {"result": result, "score": float(np.mean(scores)) if scores else 0.0, "model_version": model_version}
 
@@ -132,4 +139,5 @@ def predict_photo(model, image, plan: LabelPlan, options: PredictOptions, model_
     """One task's prediction for a fetched photo: read, segment, regions (``model_version`` default: the options')."""
     predictor = read_photo_for(model, image, plan.classes, options)
     masks = task_masks(predictor, plan.classes, options, points, boxes)
-    return task_prediction(plan, masks, (image.width, image.height), model_version or options.model_version)
+    return task_prediction(plan, masks, (image.width, image.height), model_version or options.model_version,
+                           control=options.control)

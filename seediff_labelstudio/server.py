@@ -9,12 +9,16 @@ never a 500); the OpenAPI spec at ``/openapi.json`` describes them (for clients 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import dataclasses
+import hashlib
 import logging
+import re
 import secrets
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -22,9 +26,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .learn import Learner, check_calibration_env
+from .learn import Learner, webhook_responses
+from .limits import BoundedLRU, TooManyValues, parse_json
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
 
@@ -109,7 +115,6 @@ class SetupBody(BaseModel):
 class WebhookBody(BaseModel):
     status: str
     action: Any = None
-    model_config = ConfigDict(extra="allow")
 
 
 _AUTH = {401: {"model": ErrorBody, "description": "basic auth missing or wrong (when BASIC_AUTH_USER is set)"}}
@@ -119,17 +124,38 @@ _TOO_BIG = {413: {"model": ErrorBody, "description": "body over SEEDIFF_MAX_BODY
 _BAD_CONFIG = {400: {"model": ErrorBody, "description": "no or unsupported labeling config"}}
 
 
+@dataclasses.dataclass(frozen=True)
+class ProjectState:
+    """What /setup leaves for a project: its labeling config and the token Label Studio sent (if accepted)."""
+
+    config: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
+
+
+# A body's byte cap per route kind (/setup: the config cap plus room for the other fields), and its settings.
+_BODY_CAPS = {SetupRequest: lambda s: min(s.max_body_bytes, s.max_config_bytes + 64 * 1024),
+              PredictRequest: lambda s: s.max_body_bytes}
+_BODY_CAP_NAMES = {SetupRequest: "SEEDIFF_MAX_CONFIG_BYTES + 64 KiB", PredictRequest: "SEEDIFF_MAX_BODY_BYTES"}
+
+
+def _body_spec(model: type[BaseModel]) -> dict:
+    """The OpenAPI requestBody of a route that parses its JSON body itself (bounded: ``parse`` in create_app)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI:
     """The app around an already-loaded model (load it before serving: /setup must answer within 3 s)."""
     model = model or SeeDiffModel(settings)
     app = FastAPI(title="seediff Label Studio ML backend", version="0.1.0",
                   description="SeeDiff polygon/brush proposals from Stable Diffusion attention.")
     app.state.model = model
-    app.state.learner = learner = Learner.from_settings(settings, model)
-    model.calibrations = learner.calibrations
-    app.state.configs: dict[str, str] = {}
-    app.state.tokens: dict[str, str] = {}  # project → access_token from /setup (used if LABEL_STUDIO_API_KEY unset)
+    # project → ProjectState (config; access_token from /setup, used if LABEL_STUDIO_API_KEY is unset), bounded
+    app.state.projects = BoundedLRU(settings.max_projects, settings.project_state_bytes)
+    plans = BoundedLRU(256, 16 * 2**20)  # config digest → its checked LabelPlan (no config text kept)
+    parser = ThreadPoolExecutor(1, thread_name_prefix="seediff-config")  # configs, tokens: off the loop, one at a time
     basic = HTTPBasic(auto_error=False)
+    body_cap = settings.max_body_bytes
+    setup_cap = _BODY_CAPS[SetupRequest](settings)
 
     def authorized(header: str | None) -> bool:
         """The request's ``Authorization`` header carries the configured basic-auth pair (or none is configured)."""
@@ -153,9 +179,10 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         if request.url.path not in _PUBLIC_PATHS and not authorized(request.headers.get("authorization")):
             return _unauthorized()
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes (SEEDIFF_MAX_BODY_BYTES)"},
-                                status_code=413)
+        kind = SetupRequest if request.url.path == "/setup" else PredictRequest
+        if declared and declared.isdigit() and int(declared) > _BODY_CAPS[kind](settings):
+            return JSONResponse({"detail": f"request body over {_BODY_CAPS[kind](settings)} bytes "
+                                           f"({_BODY_CAP_NAMES[kind]})"}, status_code=413)
         return await call_next(request)
 
     async def auth(request: Request, _: HTTPBasicCredentials | None = Depends(basic)) -> None:
@@ -172,7 +199,59 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
     def health_body() -> tuple[dict, int]:
         if model.ready:
             return {"status": "UP", "model_class": MODEL_CLASS, "model_version": model.model_version}, 200
-        return {"status": "ERROR", "model_class": MODEL_CLASS, "reason": model.error or "model not loaded"}, 503
+        reason = _without_paths(model.error or "model not loaded")  # unauthenticated: no filesystem layout
+        return {"status": "ERROR", "model_class": MODEL_CLASS, "reason": reason}, 503
+
+    async def parse(request: Request, kind: type[BaseModel]) -> Any:
+        """The request's JSON body as ``kind``: bytes capped as read (the route's max_body_size, chunked or not),
+        values capped before parsing, and malformed input a 422 as FastAPI would answer it."""
+        try:
+            body = await request.body()
+        except StarletteHTTPException as exc:  # the route's max_body_size, counted on the bytes read
+            if exc.status_code != 413:
+                raise
+            raise HTTPException(413, f"request body over {_BODY_CAPS[kind](settings)} bytes "
+                                     f"({_BODY_CAP_NAMES[kind]})") from None
+        try:
+            data = parse_json(body, settings.max_json_values)
+        except TooManyValues as exc:
+            raise HTTPException(413, f"{exc} (SEEDIFF_MAX_JSON_VALUES)") from None
+        except ValueError as exc:
+            raise RequestValidationError([{"loc": ("body",), "msg": f"JSON decode error: {exc}"}]) from None
+        tasks = data.get("tasks") if isinstance(data, dict) else None
+        if kind is PredictRequest and isinstance(tasks, list) and len(tasks) > settings.max_tasks_per_request:
+            raise HTTPException(413, f"{len(tasks)} tasks in one request; the limit is "
+                                     f"{settings.max_tasks_per_request} (SEEDIFF_MAX_TASKS)")
+        try:
+            return kind.model_validate(data)
+        except ValidationError as exc:
+            raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
+
+    async def checked(config: str, endpoint: str, project: str):
+        """The config's label plan, checked off the event loop (a large one takes seconds to parse), once per
+        text; an unsupported one is refused with a reason logged at WARNING."""
+        size = len(config.encode("utf-8", "surrogatepass"))
+        if size > settings.max_config_bytes:
+            raise HTTPException(413, f"the labeling config is {size} bytes, over the {settings.max_config_bytes} "
+                                     "allowed (SEEDIFF_MAX_CONFIG_BYTES)")
+        digest = hashlib.sha256(config.encode("utf-8", "surrogatepass")).digest()
+        plan = plans.get(digest)
+        if plan is not None:
+            return plan
+        try:
+            plan = await asyncio.get_running_loop().run_in_executor(parser, model.check_config, config)
+        except Exception as exc:
+            raise _refused(endpoint, project, f"unsupported labeling config: {exc}") from None
+        plans.put(digest, plan)
+        return plan
+
+    async def accepted_token(project: str, token: str) -> bool:
+        """Whether /setup may store ``token`` for ``project``: the caller passed basic auth (configured), or
+        Label Studio itself accepts the token for that project."""
+        if settings.basic_auth_user:
+            return True
+        return await asyncio.get_running_loop().run_in_executor(
+            parser, model.fetcher.token_opens_project, token, project)
 
     # Health, index, setup and metrics are async: they answer on the event loop even while every worker
     # thread is busy with /predict (Label Studio gives /health 1 s and /setup 3 s).
@@ -188,84 +267,67 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         body, code = health_body()
         return JSONResponse(body, status_code=code)
 
-    @app.post("/setup", dependencies=[Depends(auth)],
+    @app.post("/setup", dependencies=[Depends(auth)], max_body_size=setup_cap, openapi_extra=_body_spec(SetupRequest),
               responses={200: {"model": SetupBody}, **_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
-    async def setup(req: SetupRequest):
+    async def setup(request: Request):
+        req = await parse(request, SetupRequest)
+        project = _project_id(req.project)
         if not req.schema_:
-            raise HTTPException(400, "setup needs the project's labeling config in 'schema'")
-        try:
-            model.check_config(req.schema_)
-        except Exception as exc:
-            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+            raise _refused("/setup", project, "setup needs the project's labeling config in 'schema'")
+        plan = await checked(req.schema_, "/setup", project)
+        log.info("/setup project %s: labels %s on <Image name=%r>, answered with %s control(s)", project or "?",
+                 plan.words, plan.to_name, settings.control)
         if req.project is not None:
-            project = _project_id(req.project)
-            app.state.configs[project] = req.schema_
-            if req.access_token and not settings.ls_api_key:
-                app.state.tokens[project] = req.access_token
+            token = (app.state.projects.get(project) or ProjectState()).token
+            offered = req.access_token if not settings.ls_api_key else None
+            if offered and offered != token:
+                if await accepted_token(project, offered):
+                    token = offered
+                else:
+                    log.warning("/setup for project %s: token not stored (Label Studio did not confirm it for that "
+                                "project); the previous one, if any, is kept", project)
+            app.state.projects.put(project, ProjectState(req.schema_, token))
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
         return {"model_version": model.version_for(_project_id(req.project))}
 
-    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)],
+    @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)], max_body_size=body_cap,
+              openapi_extra=_body_spec(PredictRequest),
               responses={**_BAD_CONFIG, **_AUTH, **_TOO_BIG, **_MALFORMED, **_NOT_LOADED})
-    async def predict(req: PredictRequest):
+    async def predict(request: Request):
+        req = await parse(request, PredictRequest)
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
-        if len(req.tasks) > settings.max_tasks_per_request:
-            raise HTTPException(413, f"{len(req.tasks)} tasks in one request; the limit is "
-                                     f"{settings.max_tasks_per_request} (SEEDIFF_MAX_TASKS)")
         arrived = time.monotonic()
         project = _project_id(req.project)
-        config = req.label_config or app.state.configs.get(project)
+        state = app.state.projects.get(project) or ProjectState()
+        config = req.label_config or state.config
         if not config:
-            raise HTTPException(400, "predict needs 'label_config' (or a /setup for this project first)")
-        try:
-            model.check_config(config)
-        except Exception as exc:
-            raise HTTPException(400, f"unsupported labeling config: {exc}") from None
+            raise _refused("/predict", project, "predict needs 'label_config' (or a /setup for this project first)")
+        await checked(config, "/predict", project)
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
-        results = await run_in_threadpool(model.predict, req.tasks, config, context, app.state.tokens.get(project),
+        results = await run_in_threadpool(model.predict, req.tasks, config, context, state.token,
                                           arrived + settings.predict_budget, project)
         model.count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
     # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
-    # Annotation events and Start Training are verified against Label Studio's API and learnt from
-    # (seediff_labelstudio.learn) when SEEDIFF_DATA_DIR and the Label Studio URL and key are set.
-    @app.post("/webhook", status_code=200, dependencies=[Depends(auth)],
+    @app.post("/webhook", status_code=200, dependencies=[Depends(auth)], max_body_size=body_cap,
               responses={200: {"model": WebhookBody}, 400: {"model": ErrorBody, "description": "body is not JSON"},
-                         202: {"model": WebhookBody, "description": "verified; learning from it in the background"},
-                         404: {"model": ErrorBody, "description": "Label Studio's API does not have what it names"},
-                         422: {"model": ErrorBody, "description": "malformed annotation or training event"},
-                         502: {"model": ErrorBody, "description": "Label Studio's API could not be read"},
-                         **_AUTH, **_TOO_BIG},
+                         **webhook_responses(WebhookBody, ErrorBody), **_AUTH, **_TOO_BIG},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}})
     async def webhook(request: Request):
         try:
-            body = await request.json()
-        except Exception:
+            body = parse_json(await request.body(), settings.max_json_values)
+        except TooManyValues as exc:
+            raise HTTPException(413, f"{exc} (SEEDIFF_MAX_JSON_VALUES)") from None
+        except ValueError:
             raise HTTPException(400, "webhook body must be JSON") from None
         model.count(webhooks=1)
         code, answer = await run_in_threadpool(learner.handle, body, settings.predict_budget)
         return JSONResponse(answer, status_code=code)
 
-    _NO_STORE = {404: {"model": ErrorBody, "description": "no calibration store (SEEDIFF_DATA_DIR unset)"}}
-    _OBJECT = {200: {"content": {"application/json": {"schema": {"type": "object"}}}}}
-
-    @app.get("/calibration/{project}", dependencies=[Depends(auth)],
-             responses={**_OBJECT, **_NO_STORE, **_AUTH, **_MALFORMED})
-    async def calibration(project: int):
-        if learner.store is None:
-            raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
-        return {**learner.store.summary(project), "model_version": model.version_for(project)}
-
-    @app.delete("/calibration/{project}", dependencies=[Depends(auth)],
-                responses={**_OBJECT, **_NO_STORE, **_AUTH, **_MALFORMED})
-    async def reset_calibration(project: int):
-        if learner.store is None:
-            raise HTTPException(404, "no calibration store (set SEEDIFF_DATA_DIR)")
-        learner.store.reset(project)
-        return {"project": project, "status": "reset", "model_version": model.version_for(project)}
+    learner = Learner.attach(app, settings, model, [Depends(auth)], {**_AUTH, **_MALFORMED}, ErrorBody)  # /calibration
 
     @app.get("/metrics", dependencies=[Depends(auth)],
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})
@@ -279,8 +341,24 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
 _PUBLIC_PATHS = frozenset({"/health", "/", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
+def _refused(endpoint: str, project: str, reason: str) -> HTTPException:
+    """A 400 for a request the backend cannot serve, logged at WARNING: Label Studio shows only a generic
+    "doesn't look like a valid ML backend", so the backend's log is where the user finds why."""
+    log.warning("%s project %s refused: %s", endpoint, project or "?", reason)
+    return HTTPException(400, reason)
+
+
 def _unauthorized() -> JSONResponse:
     return JSONResponse({"detail": "authentication required"}, status_code=401, headers={"WWW-Authenticate": "Basic"})
+
+
+_QUOTED_PATH = re.compile(r"""(['"])(?:~|[A-Za-z]:)?[\\/][^'"]*\1""")  # '/srv/my models/x', "C:\x"
+_PATH = re.compile(r"(?<![\w.~:/\\-])(?:~|[A-Za-z]:)?[\\/][^\s'\",;)]*")  # /srv/x, ~/x, C:\x (not URLs)
+
+
+def _without_paths(text: str) -> str:
+    """``text`` with filesystem paths replaced by '<path>' (for answers to unauthenticated callers)."""
+    return _PATH.sub("<path>", _QUOTED_PATH.sub(r"\1<path>\1", text))
 
 
 def _project_id(project: str | int | None) -> str:
@@ -303,7 +381,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         settings = Settings.from_env()
-        check_calibration_env(settings)
     except SettingsError as exc:
         print(f"seediff-labelstudio: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

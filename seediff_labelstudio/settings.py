@@ -90,6 +90,7 @@ class Settings:
     prompt_template: str = "a photo of {}"  # SEEDIFF_PROMPT_TEMPLATE: {} or {classes} ← "a x and a y"
     seed: int = 0  # SEEDIFF_SEED
     drop_absent: bool = False  # SEEDIFF_DROP_ABSENT: presence test, empty masks for classes decided absent
+    control: str = "polygon"  # SEEDIFF_CONTROL: polygon | brush | both — the control type answers use
     ls_url: str | None = None  # LABEL_STUDIO_URL
     ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -105,7 +106,13 @@ class Settings:
     predict_budget: float = 80.0  # SEEDIFF_PREDICT_BUDGET seconds per /predict (Label Studio waits 100 s)
     max_tasks_per_request: int = 10_000  # SEEDIFF_MAX_TASKS
     cache_images: int = 4  # SEEDIFF_CACHE_IMAGES: images whose attention is kept for repeated queries (0: none)
-    max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body
+    cache_bytes: int = 256 * 2**20  # SEEDIFF_CACHE_BYTES: bytes those cached images + attention may hold in all
+    max_task_bytes: int = 640 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
+    max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body (bytes read, chunked or not)
+    max_json_values: int = 2_000_000  # SEEDIFF_MAX_JSON_VALUES in a request body (bounds its parse time, memory)
+    max_config_bytes: int = 256 * 2**10  # SEEDIFF_MAX_CONFIG_BYTES of a labeling config (/setup, /predict)
+    max_projects: int = 1000  # SEEDIFF_MAX_PROJECTS whose /setup config and token are kept (least recent dropped)
+    project_state_bytes: int = 64 * 2**20  # SEEDIFF_PROJECT_STATE_BYTES: bytes of those configs and tokens in all
     host: str = "0.0.0.0"  # SEEDIFF_HOST
     port: int = 9090  # SEEDIFF_PORT (or PORT)
     log_level: str = "INFO"  # LOG_LEVEL
@@ -117,6 +124,8 @@ class Settings:
         from seediff.methods import METHODS
         from seediff.modes import PHOTO_MODES
         from seediff.prompts import DEFAULT_TEMPLATE, check_template
+
+        from .labels import CONTROLS
 
         method = env.get("SEEDIFF_METHOD", "seediff").strip().lower()
         if method not in METHODS:
@@ -130,6 +139,9 @@ class Settings:
         except ValueError:
             raise SettingsError("SEEDIFF_PROMPT_TEMPLATE must contain exactly one '{}' (or '{classes}') and no other "
                                 f"braces, got {raw_template!r}") from None
+        control = (env.get("SEEDIFF_CONTROL") or "polygon").strip().lower()
+        if control not in CONTROLS:
+            raise SettingsError(f"SEEDIFF_CONTROL must be one of {', '.join(CONTROLS)}, got {env.get('SEEDIFF_CONTROL')!r}")
         ls_url = (env.get("LABEL_STUDIO_URL") or "").strip().rstrip("/") or None
         if ls_url is not None:
             parts = urlsplit(ls_url)
@@ -150,6 +162,15 @@ class Settings:
             paths[name] = Path(raw).expanduser() if raw else None
             if paths[name] is not None and not paths[name].is_absolute():
                 raise SettingsError(f"{name} must be an absolute path, got {raw!r}")
+        if paths["SEEDIFF_DATA_DIR"] is not None and paths["SEEDIFF_DATA_DIR"].is_file():
+            raise SettingsError(f"SEEDIFF_DATA_DIR must be a folder, got the file {paths['SEEDIFF_DATA_DIR']}")
+        if paths["SEEDIFF_CALIBRATION"] is not None:
+            from seediff.calibrate import load_calibration
+
+            try:
+                load_calibration(paths["SEEDIFF_CALIBRATION"])
+            except ValueError as exc:
+                raise SettingsError(f"SEEDIFF_CALIBRATION: {exc}") from None
         key = env.get("LABEL_STUDIO_API_KEY") or None
         claims = jwt_claims(key) if key else None
         if claims is not None:
@@ -171,6 +192,7 @@ class Settings:
             prompt_template=template,
             seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
             drop_absent=_bool(env, "SEEDIFF_DROP_ABSENT", False),
+            control=control,
             ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
             allowed_roots=tuple(roots), data_dir=paths["SEEDIFF_DATA_DIR"],
@@ -182,7 +204,13 @@ class Settings:
             predict_budget=_float(env, "SEEDIFF_PREDICT_BUDGET", 80.0),
             max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 10_000),
             cache_images=_int(env, "SEEDIFF_CACHE_IMAGES", 4, lo=0),
+            cache_bytes=_int(env, "SEEDIFF_CACHE_BYTES", 256 * 2**20, lo=0),
+            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 640 * 2**20),
             max_body_bytes=_int(env, "SEEDIFF_MAX_BODY_BYTES", 64 * 2**20),
+            max_json_values=_int(env, "SEEDIFF_MAX_JSON_VALUES", 2_000_000),
+            max_config_bytes=_int(env, "SEEDIFF_MAX_CONFIG_BYTES", 256 * 2**10),
+            max_projects=_int(env, "SEEDIFF_MAX_PROJECTS", 1000),
+            project_state_bytes=_int(env, "SEEDIFF_PROJECT_STATE_BYTES", 64 * 2**20),
             host=env.get("SEEDIFF_HOST") or "0.0.0.0",
             port=_int(env, "SEEDIFF_PORT", _int(env, "PORT", 9090)),
             log_level=level,

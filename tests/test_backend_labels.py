@@ -9,7 +9,8 @@ from label_studio_sdk.label_interface import LabelInterface
 
 from backend_fixtures import BOTH, BRUSH, NO_CONTROL, NO_IMAGE, POLY
 from seediff.masks import ClassMasks
-from seediff_labelstudio.labels import LabelPlan, label_plan, plan_results
+from seediff_labelstudio.labels import LabelPlan, label_plan, pick_control, plan_results
+from seediff_labelstudio.model import context_seeds
 
 MULTI = """<View><Image name="image" value="$image"/><Image name="other" value="$other"/>
 <PolygonLabels name="vehicles" toName="image"><Label value="Car"/><Label value="Traffic light"/></PolygonLabels>
@@ -37,7 +38,8 @@ def test_plans_of_real_configs():
 
 
 @pytest.mark.parametrize("config,message", [
-    (NO_IMAGE, "no <Image>"), (NO_CONTROL, "no <PolygonLabels> or <BrushLabels> on an <Image>"),
+    (NO_IMAGE, r"no <Image> \(it has <Text name='text'>\)"),
+    (NO_CONTROL, r"no <PolygonLabels> or <BrushLabels> on an <Image> \(it has <RectangleLabels name='box'>\)"),
     ("""<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i"></PolygonLabels></View>""", "no <Label>s"),
 ])
 def test_unsupported_configs_say_why(config, message):
@@ -46,7 +48,8 @@ def test_unsupported_configs_say_why(config, message):
 
 
 def test_regions_go_to_the_control_of_their_label_and_validate():
-    """Square masks for every class word; 'Person' is man ∪ woman; Car has a hole → brush (COCO rule)."""
+    """Square masks for every class word; 'Person' is man ∪ woman; with control='both' Car has a hole → brush
+    (COCO rule); by default (control='polygon') every label a polygon control holds is a polygon."""
     h, w = 40, 60
     labels = ["car", "traffic light", "person", "man", "woman", "road"]
     masks = np.zeros((len(labels), h, w), bool)
@@ -58,7 +61,7 @@ def test_regions_go_to_the_control_of_their_label_and_validate():
     masks[5, 32:40, :] = True  # touches the border
     cm = ClassMasks(labels, masks, np.array([0.9, 0.8, 0.0, 0.6, 0.4, 0.7]))
     plan = label_plan(MULTI)
-    result = plan_results(plan, cm, (w, h))
+    result = plan_results(plan, cm, (w, h), control="both")
     by_label = {}
     for r in result:
         by_label.setdefault(r["value"][r["type"]][0], []).append((r["from_name"], r["type"]))
@@ -69,3 +72,55 @@ def test_regions_go_to_the_control_of_their_label_and_validate():
     li = LabelInterface(MULTI)
     assert li.validate_prediction({"result": result, "score": 0.5, "model_version": "v"}), result
     assert all(r["to_name"] == "image" and (r["original_width"], r["original_height"]) == (w, h) for r in result)
+
+
+def _kinds(result) -> dict[str, set[str]]:
+    """label → the region types it was answered with."""
+    out: dict[str, set[str]] = {}
+    for r in result:
+        out.setdefault(r["value"][r["type"]][0], set()).add(r["type"])
+    return out
+
+
+def test_one_control_type_per_project():
+    """BOTH holds Dog and Cat in a polygon and a brush control: answers use one type (polygons by default), even
+    for a mask with holes; a label only one kind of control holds keeps that kind (MULTI's Road)."""
+    h, w = 30, 40
+    masks = np.zeros((2, h, w), bool)
+    masks[0, 2:20, 2:20] = True
+    masks[0, 8:12, 8:12] = False  # a hole: 'both' would make it a brush
+    masks[1, 22:28, 25:38] = True
+    cm = ClassMasks(["dog", "cat"], masks, np.array([0.9, 0.8]))
+    plan = label_plan(BOTH)
+    assert _kinds(plan_results(plan, cm, (w, h))) == {"Dog": {"polygonlabels"}, "Cat": {"polygonlabels"}}
+    assert _kinds(plan_results(plan, cm, (w, h), control="brush")) == {"Dog": {"brushlabels"}, "Cat": {"brushlabels"}}
+    assert _kinds(plan_results(plan, cm, (w, h), control="both")) == {"Dog": {"brushlabels"}, "Cat": {"polygonlabels"}}
+    assert _kinds(plan_results(plan, cm, (w, h), only={"Cat"})) == {"Cat": {"polygonlabels"}}  # an interactive click
+    multi = label_plan(MULTI)
+    assert pick_control(multi.targets("Road"), "polygon") == (None, "paint")
+    assert pick_control(multi.targets("Traffic light"), "brush") == ("vehicles", None)
+    assert pick_control(multi.targets("Car"), "brush") == (None, "paint")
+    for bad in ("Polygon", "rle", ""):
+        with pytest.raises(ValueError, match=f"control must be one of polygon, brush, both, got {bad!r}"):
+            plan_results(plan, cm, (w, h), control=bad)
+    li = LabelInterface(BOTH)
+    for control in ("polygon", "brush", "both"):
+        assert li.validate_prediction({"result": plan_results(plan, cm, (w, h), control=control), "score": 0.5,
+                                       "model_version": "v"})
+
+
+def test_context_seeds_read_is_positive_where_label_studio_puts_it():
+    """Label Studio's smart KeyPointLabels: is_positive on the region (false for an Alt-click); percent → pixels."""
+    plan = label_plan(POLY)
+    click = {"type": "keypointlabels", "from_name": "kp", "to_name": "img", "original_width": 200,
+             "original_height": 100, "value": {"x": 25.0, "y": 50.0, "width": 1, "keypointlabels": ["Pet"]}}
+    regions = [click, {**click, "is_positive": True, "value": {**click["value"], "x": 50.0}},
+               {**click, "is_positive": False, "value": {**click["value"], "x": 75.0}},
+               {**click, "value": {**click["value"], "x": 10.0, "is_positive": False}},  # older clients: in value
+               {**click, "is_positive": True, "value": {**click["value"], "x": 90.0, "is_positive": False}}]
+    points, boxes = context_seeds({"result": regions}, plan, (200, 100))
+    assert boxes == {} and points["dog"] == points["cat"] == [
+        (50.0, 50.0, 1), (100.0, 50.0, 1), (150.0, 50.0, 0), (20.0, 50.0, 0), (180.0, 50.0, 1)]
+    rect = {"type": "rectanglelabels", "value": {"x": 10, "y": 20, "width": 50, "height": 30,
+                                                 "rectanglelabels": ["Traffic light"]}}
+    assert context_seeds({"result": [rect]}, plan, (200, 100)) == ({}, {"traffic light": [(20.0, 20.0, 120.0, 50.0)]})

@@ -287,7 +287,6 @@ def test_store_survives_concurrent_writers_and_reopening(tmp_path):
 
 
 def test_bad_calibration_settings_name_the_variable(tmp_path):
-    from seediff_labelstudio.learn import check_calibration_env
     from seediff_labelstudio.settings import SettingsError
 
     with pytest.raises(SettingsError, match="SEEDIFF_DATA_DIR must be an absolute path, got 'state'"):
@@ -296,9 +295,9 @@ def test_bad_calibration_settings_name_the_variable(tmp_path):
         Settings.from_env({"SEEDIFF_CALIBRATION": "cal.json"})
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(SettingsError, match="SEEDIFF_CALIBRATION: .*x.json: not a usable calibration file"):
-        check_calibration_env(Settings.from_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")}))
-    check_calibration_env(Settings.from_env({"SEEDIFF_DATA_DIR": str(tmp_path / "new")}))  # created on first use
-    assert (tmp_path / "new" / "calibration.sqlite").is_file()
+        Settings.from_env({"SEEDIFF_CALIBRATION": str(tmp_path / "x.json")})
+    with pytest.raises(SettingsError, match="SEEDIFF_DATA_DIR must be a folder"):
+        Settings.from_env({"SEEDIFF_DATA_DIR": str(tmp_path / "x.json")})
 
 def _serve(env: dict, log_path):
     """Start `seediff-labelstudio` on a free port; (process, url) once /health answers UP."""

@@ -107,6 +107,28 @@ def test_cli_convert_ls2coco_and_back(tmp_path):
     assert bad.exit_code == 0 and bad.output.count("warning:") >= 3
 
 
+def test_cli_ls2coco_from_predictions_and_empty_exports(tmp_path):
+    runner = CliRunner()
+    tasks = json.loads((DATA / "polygon_task.json").read_text())
+    tasks[0]["predictions"] = [{"id": 5, "result": tasks[0].pop("annotations")[0]["result"], "score": 0.5}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    out = tmp_path / "coco.json"
+    empty = runner.invoke(app, ["convert", "ls2coco", str(export), "--out", str(out)])
+    assert empty.exit_code == 2 and not out.exists()
+    assert ("error: nothing to convert: no task of " in empty.output
+            and "has usable annotations (0 of 1 have any; 1 have predictions: add --from predictions); nothing "
+                "written" in empty.output.replace("\n", ""))
+    r = runner.invoke(app, ["convert", "ls2coco", str(export), "--from", "predictions", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert sorted(a["area"] for a in read_coco(out)["annotations"]) == [20.0, 60.0]
+    bad = runner.invoke(app, ["convert", "ls2coco", str(export), "--from", "drafts", "--out", str(out)])
+    assert bad.exit_code == 2 and "--from must be annotations or predictions, got 'drafts'" in bad.output
+    export.write_text("[]")
+    none = runner.invoke(app, ["convert", "ls2coco", str(export), "--out", str(tmp_path / "n.json")])
+    assert none.exit_code == 2 and "(0 of 0 have any); nothing written" in none.output
+
+
 def test_every_command_has_help_with_an_example():
     runner = CliRunner()
     for cmd in (["synthesize"], ["annotate"], ["evaluate"], ["convert", "ls2coco"], ["convert", "coco2ls"],

@@ -89,7 +89,8 @@ def test_output_path_through_a_file_is_one_line(tmp_path):
         (["convert", "coco2ls", gt, "--config", config, "--out", blocker / "tasks.json"], blocker / "tasks.json"),
         (["convert", "ls2coco", tmp_path / "export.json", "--out", blocker / "c.json"], blocker / "c.json"),
     ]:
-        (tmp_path / "export.json").write_text("[]")
+        (tmp_path / "export.json").write_text(
+            (Path(__file__).parent / "data" / "ls_export" / "polygon_task.json").read_text())  # something to write
         r = CliRunner().invoke(app, [str(a) for a in argv])
         assert r.exit_code == 1, (argv, r.output)
         _one_error_line(r.output, f"cannot write {target}: Not a directory", "rerun the same command")

@@ -177,7 +177,7 @@ def test_rings_always_have_three_points(mask, tolerance):
 
 @FAST
 @given(
-    st.floats(24, 40), st.floats(24, 40), st.floats(6, 20), st.floats(6, 20), st.floats(0, 180),
+    st.floats(24, 40), st.floats(24, 40), st.floats(8, 20), st.floats(8, 20), st.floats(0, 180),
 )
 def test_simplified_polygons_keep_blobs(cx, cy, a, b, angle):
     mask = np.zeros((64, 64), np.uint8)

@@ -141,6 +141,22 @@ def test_bad_input_is_reported_and_the_rest_converts():
         ls_to_coco(42)
 
 
+def test_predictions_convert_on_request():
+    """An export with predictions and no annotations (pre-annotated, not yet reviewed): --from predictions."""
+    tasks = load("polygon_task.json")
+    ann = tasks[0].pop("annotations")[0]
+    tasks[0]["predictions"] = [{"id": 5, "model_version": "seediff-x", "score": 0.7, "result": ann["result"][:1],
+                                "created_at": "2024-05-01T10:00:00Z"}]
+    nothing, _ = ls_to_coco(tasks, config=CONFIG)
+    assert nothing["images"] == [] and nothing["annotations"] == []
+    coco, issues = ls_to_coco(tasks, config=CONFIG, source="predictions")
+    assert issues == []
+    (only,) = coco["annotations"]
+    assert (only["ls_annotation_id"], only["ls_region_id"], only["area"]) == (5, "pCat01", 60.0)
+    with pytest.raises(ValueError, match="source must be 'annotations' or 'predictions', got 'drafts'"):
+        ls_to_coco(tasks, source="drafts")
+
+
 def test_labels_missing_from_the_config_are_reported():
     tasks = load("polygon_task.json")
     tasks[0]["annotations"][0]["result"][0]["value"]["polygonlabels"] = ["unicorn"]

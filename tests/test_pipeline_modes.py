@@ -119,7 +119,9 @@ def test_photo_size_keeps_aspect_and_multiple():
     assert photo_size((512, 512), 512, 64) == (512, 512)
     H, W = photo_size((480, 640), 512, 64)
     assert H % 64 == 0 and W % 64 == 0 and W > H
-    assert photo_size((10, 4000), 512, 64)[0] == 64  # never below one multiple
+    assert photo_size((10, 160), 32, 16)[0] == 16  # never below one multiple
+    with pytest.raises(ValueError, match="photos up to 16:1 are read"):  # a thinner strip is refused
+        photo_size((10, 4000), 512, 64)
 
 
 def test_corrupt_single_file_checkpoint_is_a_clear_error(tmp_path):

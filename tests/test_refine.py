@@ -30,37 +30,26 @@ def test_background_consistency_carves_the_other_block():
     assert bool((out[lab == 0] > 0.99).all())
 
 
-def test_background_consistency_user_cells_and_upsampling():
+def test_background_consistency_upsampling():
     lab8 = block_labels((8, 8))
     hat = row_normalize(block_self_attention(lab8))
     prev = torch.where(block_labels((4, 4)) == 0, 1.0, 0.0)[None]  # coarser map, upsampled inside
     out = background_consistency(prev, hat, (8, 8))[0]
     assert torch.equal(out > 0, lab8 == 0)
-    # the user says block A is background (negative cell) and B must not be a background seed (positive cell)
-    add = torch.zeros(1, 8, 8, dtype=torch.bool)
-    add[0, 0, 0] = True
-    keep = (lab8 == 1)[None]
-    flipped = background_consistency(prev, hat, (8, 8), add_background=add, keep_foreground=keep)[0]
-    assert torch.equal(flipped[lab8 == 0], torch.zeros(32))
     with pytest.raises(ValueError, match="does not match the 4x4 grid"):
         background_consistency(prev, hat, (4, 4))
 
 
 def test_background_consistency_batched_equals_each_map_alone():
-    """K maps in one step give what each map gives alone (flat maps and user cells included); equal up to the
-    rounding of the similarity mat-mat, whose BLAS blocking depends on K."""
+    """K maps in one step give what each map gives alone (flat maps included); equal up to the rounding of the
+    similarity mat-mat, whose BLAS blocking depends on K."""
     g = torch.Generator().manual_seed(2)
     hat = row_normalize(torch.softmax(torch.randn(64, 64, generator=g) * 3, dim=1))
     prev = torch.rand(4, 4, 4, generator=g)
     prev[1] = 0.0  # nothing: no background seeds of its own
-    prev[3] = 0.3  # flat but not empty
-    add = torch.zeros(4, 8, 8, dtype=torch.bool)
-    add[3, 0, 0] = True  # a user's background cell on the flat map
-    keep = torch.zeros(4, 8, 8, dtype=torch.bool)
-    keep[0, 7, 7] = True
-    both = background_consistency(prev, hat, (8, 8), add_background=add, keep_foreground=keep)
-    alone = torch.cat([background_consistency(prev[k : k + 1], hat, (8, 8), add_background=add[k : k + 1],
-                                              keep_foreground=keep[k : k + 1]) for k in range(4)])
+    prev[3] = 0.3  # flat but not empty: passed through
+    both = background_consistency(prev, hat, (8, 8))
+    alone = torch.cat([background_consistency(prev[k : k + 1], hat, (8, 8)) for k in range(4)])
     assert torch.allclose(both, alone, atol=1e-6, rtol=0)
     assert not bool(both[1].any())
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from seediff.seeds import (
-    aggregate_layers, box_cells, boxes_mask, fixed_seeds, is_flat, minmax, otsu_seeds, otsu_threshold, otsu_thresholds,
+    aggregate_layers, box_pixels, fixed_seeds, is_flat, minmax, otsu_seeds, otsu_threshold, otsu_thresholds,
     point_cells, user_prompts,
 )
 
@@ -121,15 +121,13 @@ def test_point_cells_hand_computed():
     assert point_cells(np.array([[599.0, 0.0], [600.0, 300.0], [0, 0]]), (300, 600), (3, 6)).tolist() == [5, 17, 0]
 
 
-def test_box_cells_centres_and_tiny_box():
-    cells = box_cells((0, 0, 256, 128), (512, 512), (4, 4))  # 128 px cells, centres at 64, 192, …
+def test_box_pixels_are_the_pixel_centres_inside_any_box():
+    cells = box_pixels(np.array([[0, 0, 256, 128]]), (512, 512), (4, 4))  # 128 px pixels, centres at 64, 192, …
     expected = torch.zeros(4, 4, dtype=torch.bool)
     expected[0, :2] = True
     assert torch.equal(cells, expected)
-    tiny = box_cells((300, 300, 310, 310), (512, 512), (4, 4))  # contains no centre → the cell of its centre
-    assert tiny.sum() == 1 and bool(tiny[2, 2])
-    assert boxes_mask(np.zeros((0, 4)), (512, 512), (4, 4)) is None
-    two = boxes_mask(np.array([[0, 0, 100, 100], [400, 400, 512, 512]]), (512, 512), (4, 4))
+    assert box_pixels(np.zeros((0, 4)), (512, 512), (4, 4)) is None
+    two = box_pixels(np.array([[0, 0, 100, 100], [400, 400, 512, 512]]), (512, 512), (4, 4))
     assert two.sum() == 2 and bool(two[0, 0]) and bool(two[3, 3])
 
 

@@ -72,12 +72,24 @@ def test_pamr_skipped_without_image_is_noted():
 THREE = (0.25, 0.5)  # blocks A = columns 0-3, B = 4-7, C = 8-15 of the 16-px image
 
 
-def test_positive_point_adds_a_region():
+def test_positive_click_puts_its_object_in_the_label_whatever_the_word_says():
+    """The text finds block A; a click in B says "this one": the label is B (the click's self-attention region,
+    not the word's); a second click, in C, adds C (clicks accumulate)."""
     maps = make_maps({"dog": {2: blocks_map(2, (0,), THREE)}}, split=THREE)
     lab = block_labels((16, 16), THREE).numpy()
     assert np.array_equal(segment(maps, "dog", config=NO_PAMR).masks[0], lab == 0)
     r = segment(maps, "dog", config=NO_PAMR, points=[(5, 8, 1)])  # a click in block B
-    assert np.array_equal(r.masks[0], lab <= 1)
+    assert np.array_equal(r.masks[0], lab == 1) and "dog" not in r.reasons
+    r = segment(maps, "dog", config=NO_PAMR, points=[(5, 8, 1), (12, 3, 1)])  # and one in C
+    assert np.array_equal(r.masks[0], lab >= 1)
+
+
+def test_a_click_takes_its_object_from_the_other_labels():
+    """dog's text is on A, cat's on B and C; a 'dog' click in B gives B to dog, and cat keeps only C."""
+    maps = make_maps({"dog": {2: blocks_map(2, (0,), THREE)}, "cat": {2: blocks_map(2, (1, 2), THREE)}}, split=THREE)
+    lab = block_labels((16, 16), THREE).numpy()
+    r = segment(maps, ["dog", "cat"], config=NO_PAMR, points={"dog": [(5, 8, 1)]})
+    assert np.array_equal(r.masks[0], lab == 1) and np.array_equal(r.masks[1], lab == 2)
 
 
 def test_negative_point_carves_a_region():

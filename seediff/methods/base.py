@@ -13,7 +13,7 @@ from typing import ClassVar, Mapping
 import torch
 
 from ..capture import AttentionMaps
-from ..seeds import UserPrompt
+from ..seeds import UserPrompt, box_pixels
 
 __all__ = ["MaskMethod", "Probs"]
 
@@ -25,7 +25,7 @@ class MaskMethod(ABC):
 
     name: the registry name ('seediff'). config_class: its frozen config dataclass (reference defaults).
     accepts_points: whether positive/negative clicks are used (else segment() refuses them).
-    Boxes are accepted by every method: segment() cuts each class's map to its boxes (see :meth:`clips_to_boxes`).
+    Boxes are accepted by every method: segment() cuts each class's map to its boxes (see :meth:`allowed`).
     """
 
     name: ClassVar[str] = ""
@@ -37,6 +37,16 @@ class MaskMethod(ABC):
               prompts: Mapping[str, UserPrompt] | None = None, image_hw: tuple[int, int] | None = None,
               cache: dict | None = None) -> Probs:
         """Per-class maps ``[N, H, W]`` at ``hw`` in [0, 1], their thresholds, and reasons for empty classes."""
+
+    def allowed(self, maps: AttentionMaps, classes: list[str], config, hw: tuple[int, int], *, batch: int = 0,
+                prompts: Mapping[str, UserPrompt] | None = None, image_hw: tuple[int, int] | None = None,
+                cache: dict | None = None) -> list[torch.Tensor | None]:
+        """Per class, bool ``[H, W]`` at ``hw``: the pixels its mask may take (None: anywhere). segment() cuts
+        each class's map to it and :meth:`refine` gets it; default: inside the class's boxes when
+        :meth:`clips_to_boxes`."""
+        if not self.clips_to_boxes(config) or not prompts:
+            return [None] * len(classes)
+        return [box_pixels(prompts[c].boxes, image_hw or hw, hw) if c in prompts else None for c in classes]
 
     def clips_to_boxes(self, config) -> bool:
         """Whether a class's map is cut to its user boxes (default: always)."""

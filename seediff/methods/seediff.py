@@ -1,11 +1,12 @@
 """SeeDiff as a mask method: seeds from cross-attention, expansion over self-attention, PAMR refinement.
 
 For all classes at once (seed groups of every class go through one mat-mat per level):
-seeds (cross-attention at ``seed_levels``, Otsu on the squared map or fixed α; user points/boxes) →
+seeds (cross-attention at ``seed_levels``, Otsu on the squared map or fixed α) →
 expand at ``expand_level`` (summed cosine over row-normalised self-attention, or the mean seed row) →
 background consistency at ``background_levels`` → resize to the working size, threshold → exclusive labels
 (argmax with a background channel, in :func:`seediff.segment.segment`) → PAMR on the image (:meth:`SeeDiff.refine`).
 A class whose word is absent or whose maps are flat gets an empty mask and a reason, never an exception.
+Users' clicks and boxes then decide over the words (:mod:`seediff.methods.clicks`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 
 from ..baseline import check_common, check_levels
 from ..capture import AttentionMaps
-from ..expand import EXPANSIONS, expand, gate_rows, row_normalize, summed_cosine
+from ..expand import EXPANSIONS, expand, row_normalize
 from ..masks import assign_labels, one_hot, resolve_overlaps
 from ..refine import background_consistency, image_tensor, pamr, pamr_affinity
-from ..seeds import UserPrompt, aggregate_layers, boxes_mask, fixed_seeds, minmax, otsu_seeds, point_cells, rescale
+from ..seeds import UserPrompt, aggregate_layers, fixed_seeds, minmax, otsu_seeds, rescale
 from .base import MaskMethod, Probs
+from .clicks import ClassClicks, class_clicks, click_level, follow_clicks, has_clicks, with_box_clicks
 
-__all__ = ["SeeDiffConfig", "SeeDiff", "seediff_probs", "seed_map", "pamr_labels"]
+__all__ = ["SeeDiffConfig", "SeeDiff", "seediff_probs", "seed_map", "pamr_labels", "user_clicks"]
 
 _UPSAMPLE = ("bicubic", "bilinear")
 _OVERLAP = ("argmax", "attention")
@@ -54,7 +56,7 @@ class SeeDiffConfig:
         saw (``model_side``) and at most this, then resized to the image.
     upsample: interpolation between levels and to the working size (reference: bicubic).
     overlap: a pixel several classes' final maps claim goes to the class whose seed map (its cross-attention) is
-        highest there ('attention', default; requests without user points/boxes) or to the highest final map
+        highest there ('attention', default) or to the highest final map
         ('argmax', the reference). Previous builtin:shapes, 2-object photo mIoU 0.70 → 0.77 (docs/QUALITY.md).
     """
 
@@ -155,46 +157,23 @@ def seed_map(maps: AttentionMaps, word: str, cfg: SeeDiffConfig, hw: tuple[int, 
     return minmax(total, cfg.flat_eps)
 
 
-def _level_constraints(
-    prompt: UserPrompt, image_hw, grid_hw, device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(background additions, foreground keeps, box cells) on one grid, as flat bool ``[h·w]`` tensors."""
-    n = grid_hw[0] * grid_hw[1]
-    add = torch.zeros(n, dtype=torch.bool)
-    keep = torch.zeros(n, dtype=torch.bool)
-    if len(prompt.negative):
-        add[point_cells(prompt.negative, image_hw, grid_hw)] = True
-    if len(prompt.positive):
-        keep[point_cells(prompt.positive, image_hw, grid_hw)] = True
-    box = boxes_mask(prompt.boxes, image_hw, grid_hw)
-    if box is not None:
-        add |= ~box.reshape(-1)
-        box = box.reshape(-1).to(device)
-    add &= ~keep
-    return add.to(device), keep.to(device), box
-
-
 def seediff_probs(
     maps: AttentionMaps,
     classes: list[str],
     cfg: SeeDiffConfig,
     hw: tuple[int, int],
     batch: int = 0,
-    prompts: Mapping[str, UserPrompt] | None = None,
-    image_hw: tuple[int, int] | None = None,
     cache: dict | None = None,
 ) -> tuple[torch.Tensor, list[float], dict[str, str]]:
-    """Per-class SeeDiff maps ``[N, H, W]`` at ``hw`` in [0, 1], their thresholds, and reasons for empty ones."""
+    """Per-class SeeDiff maps ``[N, H, W]`` at ``hw`` in [0, 1] from the words alone, their thresholds, and
+    reasons for empty ones (users' clicks and boxes are applied by :class:`SeeDiff`)."""
     _check_seediff_levels(maps, cfg)
-    prompts = prompts or {}
-    image_hw = image_hw or hw
     grid = maps.level_hw(cfg.expand_level)
-    n_cells = grid[0] * grid[1]
     hat = _self_hat(maps, cfg.expand_level, batch, cache)
     device = hat.device
     reasons: dict[str, str] = {}
     live: list[str] = []
-    groups, owner, adds, smaps = [], [], [], []
+    seeds, smaps = [], []
     for word in classes:
         if not maps.has_word(word, batch):
             reasons[word] = f"{word!r} is not in the prompt"
@@ -203,54 +182,22 @@ def seediff_probs(
         if not bool(smap.any()):
             reasons[word] = f"the cross-attention of {word!r} is flat (no location)"
             continue
-        seeds = (otsu_seeds(smap, cfg.seed_power) if cfg.seeds == "otsu" else fixed_seeds(smap, cfg.alpha)).reshape(-1)
-        prompt = prompts.get(word, UserPrompt())
-        add, keep, box = _level_constraints(prompt, image_hw, grid, device)
-        if box is not None:
-            seeds = seeds & box
-            if not bool(seeds.any()):  # no text seed inside the box: the box's most attended cell
-                seeds = torch.zeros_like(seeds)
-                seeds[torch.argmax(torch.where(box, smap.reshape(-1), torch.full_like(smap.reshape(-1), -1.0)))] = True
-        k = len(live)
         live.append(word)
         smaps.append(smap)
-        groups.append(seeds.float())
-        owner.append(k)
-        for cell in point_cells(prompt.positive, image_hw, grid).tolist() if len(prompt.positive) else []:
-            g = torch.zeros(n_cells, device=device)
-            g[cell] = 1.0
-            groups.append(g)  # each click is its own group: one click weighs as much as all text seeds
-            owner.append(k)
-        adds.append((add, keep))
+        seeds.append((otsu_seeds(smap, cfg.seed_power) if cfg.seeds == "otsu" else fixed_seeds(smap, cfg.alpha))
+                     .reshape(-1).float())
     if not live:
         return torch.zeros((len(classes), *hw)), [1.0] * len(classes), reasons
 
-    # Expansion: every seed group of every class in one product; per class the max over its groups.
-    scores = expand(maps.self_attention(cfg.expand_level, batch), torch.stack(groups), cfg.expansion,
-                    attn_hat=hat, eps=cfg.flat_eps)
-    own = torch.tensor(owner, device=device)
-    fg = torch.full((len(live), n_cells), -torch.inf, device=device).scatter_reduce(
-        0, own[:, None].expand(-1, n_cells), scores, reduce="amax")
-    user = any(not prompts.get(w, UserPrompt()).empty for w in live)  # text only: no user cells to force
-    add_all = torch.stack([a for a, _ in adds]) if user else None
-    if user and bool(add_all.any()):
-        v = summed_cosine(hat, add_all.float())
-        fg = torch.where(add_all.any(1)[:, None], gate_rows(fg, v, cfg.flat_eps), fg)
+    # Expansion: the seeds of every class in one product.
+    fg = expand(maps.self_attention(cfg.expand_level, batch), torch.stack(seeds), cfg.expansion, attn_hat=hat,
+                eps=cfg.flat_eps)
     prev = fg.reshape(len(live), *grid)
-
     for lv in cfg.background_levels:
-        g_hw = maps.level_hw(lv)
-        add_bg = keep_fg = None
-        if user:
-            cons = [_level_constraints(prompts.get(w, UserPrompt()), image_hw, g_hw, device) for w in live]
-            add_bg = torch.stack([c[0] for c in cons]).reshape(len(live), *g_hw)
-            keep_fg = torch.stack([c[1] for c in cons]).reshape(len(live), *g_hw)
-        prev = background_consistency(
-            prev, _self_hat(maps, lv, batch, cache), g_hw, power=cfg.background_power,
-            add_background=add_bg, keep_foreground=keep_fg, mode=cfg.upsample, eps=cfg.flat_eps,
-        )
+        prev = background_consistency(prev, _self_hat(maps, lv, batch, cache), maps.level_hw(lv),
+                                      power=cfg.background_power, mode=cfg.upsample, eps=cfg.flat_eps)
     final = rescale(_resize(prev, hw, cfg.upsample), cfg.flat_eps, dims=(1, 2)).cpu()
-    if cfg.overlap == "attention" and len(live) > 1 and not user:
+    if cfg.overlap == "attention" and len(live) > 1:
         claimed = (final > cfg.threshold).flatten(1).any(1)
         evidence = _resize(torch.stack(smaps), hw, cfg.upsample).cpu()  # each word's cross-attention
         final = resolve_overlaps(final, evidence, [cfg.threshold] * len(live))
@@ -266,6 +213,20 @@ def seediff_probs(
         probs[classes.index(word)] = m
     thresholds = [cfg.threshold if w not in reasons else 1.0 for w in classes]
     return probs, thresholds, reasons
+
+
+def user_clicks(maps: AttentionMaps, classes: list[str], cfg: SeeDiffConfig, hw: tuple[int, int],
+                prompts: Mapping[str, UserPrompt] | None, image_hw: tuple[int, int], batch: int = 0,
+                cache: dict | None = None) -> dict[str, ClassClicks]:
+    """Per clicked class, its :class:`~seediff.methods.clicks.ClassClicks` (a box without a click clicks its
+    centre), read at the finest of the config's self-attention levels; {} when nobody clicked."""
+    prompts = with_box_clicks(prompts or {})
+    if not has_clicks(prompts):
+        return {}
+    level = click_level(maps, (cfg.expand_level, *cfg.background_levels))
+    return {c: class_clicks(maps, prompts[c], image_hw, hw, level, power=cfg.seed_power, batch=batch, cache=cache,
+                            eps=cfg.flat_eps)
+            for c in classes if c in prompts and (len(prompts[c].positive) or len(prompts[c].negative))}
 
 
 def pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes) -> torch.Tensor:
@@ -291,15 +252,35 @@ def pamr_labels(maps, labels, n, cfg: SeeDiffConfig, hw, boxes_px, cache, notes)
 
 
 class SeeDiff(MaskMethod):
-    """SeeDiff: takes clicks (each its own seed group) and boxes (seeds cut to them); refines with PAMR."""
+    """SeeDiff: the words' maps, then the users' clicks (a click's object goes to its class, Alt-clicks remove,
+    a box without a click clicks its centre: :mod:`seediff.methods.clicks`); refines with PAMR."""
 
     name = "seediff"
     config_class = SeeDiffConfig
     accepts_points = True
 
     def probs(self, maps, classes, config, hw, *, batch=0, prompts=None, image_hw=None, cache=None) -> Probs:
-        """:func:`seediff_probs`."""
-        return seediff_probs(maps, classes, config, hw, batch, prompts, image_hw, cache)
+        """:func:`seediff_probs`, then :func:`~seediff.methods.clicks.follow_clicks` when someone clicked."""
+        probs, thresholds, reasons = seediff_probs(maps, classes, config, hw, batch, cache)
+        clicks = user_clicks(maps, classes, config, hw, prompts, image_hw or hw, batch, cache)
+        if not clicks:
+            return probs, thresholds, reasons
+        probs, thresholds = follow_clicks(probs, thresholds, classes, clicks)
+        for word, c in clicks.items():
+            if c.own is not None:
+                reasons.pop(word, None)
+        return probs, thresholds, reasons
+
+    def allowed(self, maps, classes, config, hw, *, batch=0, prompts=None, image_hw=None, cache=None) -> list:
+        """Boxes (when ``config.clip_to_box``) less each class's Alt-clicked regions, which PAMR must not regrow."""
+        allowed = super().allowed(maps, classes, config, hw, batch=batch, prompts=prompts, image_hw=image_hw,
+                                  cache=cache)
+        clicks = user_clicks(maps, classes, config, hw, prompts, image_hw or hw, batch, cache)
+        for i, word in enumerate(classes):
+            if word in clicks and bool(clicks[word].forbidden.any()):
+                keep = ~clicks[word].forbidden
+                allowed[i] = keep if allowed[i] is None else allowed[i] & keep
+        return allowed
 
     def clips_to_boxes(self, config: SeeDiffConfig) -> bool:
         """``config.clip_to_box``."""
@@ -310,4 +291,3 @@ class SeeDiff(MaskMethod):
         if config.pamr_iterations > 0 and bool(labels.any()):
             return pamr_labels(maps, labels, n, config, hw, boxes_px, cache, notes)
         return labels
-

@@ -7,7 +7,8 @@ Two scene sets, each split into "annotated" (the calibration's evidence) and "he
 - **in-distribution**: the scenes the defaults were tuned on (``SceneConfig()``).
 
 Per image every class word of the config is prompted ("a photo of a circle and a square and a triangle"), the
-proposals are made with the model's defaults, then with the calibration fitted on the annotated split
+proposals are made with the model's defaults (presence decided, as the backend does by default), then with the
+calibration fitted on the annotated split
 (``seediff.calibrate.fit``). IoU is dataset-level per class (summed intersections and unions), mIoU the mean
 over classes; a spurious region is a non-empty proposal for a class the image lacks.
 
@@ -28,7 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from seediff.calibrate import Calibration, FitPrior, apply_calibration, calibrated_config, fit, mask_knob, observe
+from seediff.calibrate import FitPrior, apply_calibration, calibrated_config, fit
+from seediff.calibration_data import observe_photo
 from seediff.predictor import SeeDiffPredictor
 from seediff.prompts import class_prompt
 from seediff.testing.shapes import COLOURS, SHAPES, SceneConfig, ShapeObject, render_scene
@@ -100,20 +102,20 @@ def score(results: Sequence[tuple[Image_, dict[str, np.ndarray]]]) -> dict:
 
 def run(pipe, scenes: Sequence[Image_], n_fit: int, method: str, prior: FitPrior) -> dict:
     """Fit on the first ``n_fit`` scenes, score the rest before and after."""
-    observations, default_value = [], None
+    observations, default_value, presence_default = [], None, None
     for scene in scenes[:n_fit]:
-        predictor, base = read(pipe, scene, method)
-        knob = mask_knob(method, base)
-        default_value = getattr(base, knob)
-        observations += observe(lambda cfg: predictor.predict(list(SHAPES), method=method, config=cfg), base,
-                                method, scene.truth, SHAPES)
-    calibration = fit(observations, method, default_value, prior=prior, images=n_fit)
+        predictor, _ = read(pipe, scene, method)
+        obs, default_value, presence_default = observe_photo(predictor, SHAPES, scene.truth, method)
+        observations += obs
+    calibration = fit(observations, method, default_value, prior=prior, images=n_fit,
+                      presence_default=presence_default)
     before, after = [], []
     for scene in scenes[n_fit:]:
         predictor, base = read(pipe, scene, method)
         plain = predictor.predict(list(SHAPES), method=method, config=base)
         tuned = apply_calibration(calibration, predictor.predict(
-            list(SHAPES), method=method, config=calibrated_config(calibration, method, base)))
+            list(SHAPES), method=method, config=calibrated_config(calibration, method, base),
+            presence_thresholds=calibration.presence_thresholds()))
         before.append((scene, {c: plain.mask(c) for c in SHAPES}))
         after.append((scene, {c: tuned.mask(c) for c in SHAPES}))
     return {"before": score(before), "after": score(after), "calibration": calibration.to_dict()}
@@ -132,7 +134,9 @@ def table(report: dict) -> str:
         for k, run_ in enumerate(report[name]):
             b, a, c = run_["before"], run_["after"], run_["calibration"]
             moved = [f"{c['knob']} {c['mask_value']}"] if c["mask_value"] is not None else []
-            moved += [f"{w} > {v['threshold']:.2f}" for w, v in c["labels"].items() if v["threshold"] > 0]
+            moved += [f"{w} P > {v['presence_threshold']:.2f}" for w, v in c["labels"].items()
+                      if v.get("presence_threshold") is not None]
+            moved += [f"{w} score > {v['threshold']:.2f}" for w, v in c["labels"].items() if v["threshold"] > 0]
             lines.append(f"| {name.replace('_', '-')} | {k} | {b['miou']:.3f} | {a['miou']:.3f} | "
                          f"{b['spurious_per_image']:.2f} | {a['spurious_per_image']:.2f} | {b['missed_per_image']:.2f} | "
                          f"{a['missed_per_image']:.2f} | {', '.join(moved) or 'defaults kept'} |")

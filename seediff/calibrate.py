@@ -35,7 +35,7 @@ from .masks import ClassMasks
 
 __all__ = [
     "MASK_KNOBS", "FitPrior", "Observation", "class_iou", "LabelCalibration", "Calibration", "mask_knob", "knob_grid",
-    "region_scores", "is_kept", "observe", "fit", "apply_calibration", "calibrated_config", "load_calibration",
+    "region_scores", "is_kept", "fit", "apply_calibration", "calibrated_config", "load_calibration",
     "save_calibration", "calibrated_version", "calibrated_segment", "FORMAT",
 ]
 
@@ -69,14 +69,17 @@ class FitPrior:
 @dataclass(frozen=True)
 class Observation:
     """One label word on one annotated image. ``gt``: the annotated area; per grid value of the mask threshold
-    (the tuples): the proposal's score, its area and its intersection with the annotation. Areas are fractions of
-    the image, so images of any size weigh alike."""
+    (the tuples): the proposal's score, its area and its intersection with the annotation, every label proposed
+    (the presence decision simulated at fit time from ``presence`` and ``best``). Areas are fractions of the
+    image, so images of any size weigh alike."""
 
     word: str
     gt: float
     scores: tuple[float, ...]
     pred: tuple[float, ...]
     inter: tuple[float, ...]
+    presence: float = float("nan")  # P(present) of the presence decision (NaN: none was made)
+    best: bool = False  # the image's most probable label, which the decision always keeps
 
     def __post_init__(self) -> None:
         if not (len(self.scores) == len(self.pred) == len(self.inter)) or not self.scores:
@@ -99,12 +102,19 @@ class Observation:
     def to_dict(self) -> dict:
         """JSON-able form (stored per task by the backend)."""
         return {"word": self.word, "gt": self.gt, "scores": list(self.scores), "pred": list(self.pred),
-                "inter": list(self.inter)}
+                "inter": list(self.inter), "presence": None if np.isnan(self.presence) else self.presence,
+                "best": self.best}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Observation":
         """Parse :meth:`to_dict`'s form."""
-        return cls(str(d["word"]), float(d["gt"]), *(tuple(float(v) for v in d[k]) for k in ("scores", "pred", "inter")))
+        p = d.get("presence")
+        return cls(str(d["word"]), float(d["gt"]), *(tuple(float(v) for v in d[k]) for k in ("scores", "pred", "inter")),
+                   float("nan") if p is None else float(p), bool(d.get("best", False)))
+
+    def presence_kept(self, threshold: float | None) -> bool:
+        """Whether the presence decision at ``threshold`` keeps this label (None or no P: no decision)."""
+        return threshold is None or np.isnan(self.presence) or self.best or self.presence > threshold
 
 
 def class_iou(obs: Sequence[Observation], i: int, keep: Callable[[Observation], bool] = lambda o: True) -> float:
@@ -120,11 +130,13 @@ def class_iou(obs: Sequence[Observation], i: int, keep: Callable[[Observation], 
 
 @dataclass(frozen=True)
 class LabelCalibration:
-    """One label word's fitted settings: presence threshold on its score and score → IoU knots."""
+    """One label word's fitted settings: threshold on its P(present) (None: the model's), threshold on its region
+    score (0: none) and score → IoU knots."""
 
     n: int
     threshold: float = 0.0
     knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    presence_threshold: float | None = None
 
     def expected_iou(self, score: float) -> float:
         """The score mapped through the knots (unchanged without knots)."""
@@ -147,7 +159,7 @@ class Calibration:
         """JSON-able form (the calibration file)."""
         return {"format": FORMAT, "method": self.method, "knob": self.knob, "mask_value": self.mask_value,
                 "images": self.images,
-                "labels": {w: {"n": c.n, "threshold": c.threshold,
+                "labels": {w: {"n": c.n, "threshold": c.threshold, "presence_threshold": c.presence_threshold,
                                "knots": None if c.knots is None else [list(c.knots[0]), list(c.knots[1])]}
                            for w, c in sorted(self.labels.items())}}
 
@@ -167,7 +179,9 @@ class Calibration:
                 if len(xs) != len(ys) or not xs or any(b < a for a, b in zip(xs, xs[1:])):
                     raise ValueError(f"label {word!r}: knots must be two equal-length lists, x increasing")
                 knots = (xs, ys)
-            labels[str(word)] = LabelCalibration(int(c.get("n", 0)), float(c.get("threshold", 0.0)), knots)
+            pt = c.get("presence_threshold")
+            labels[str(word)] = LabelCalibration(int(c.get("n", 0)), float(c.get("threshold", 0.0)), knots,
+                                                 None if pt is None else float(pt))
         value = d.get("mask_value")
         return cls(method, str(d.get("knob") or MASK_KNOBS[method]), None if value is None else float(value),
                    labels, int(d.get("images", 0)))
@@ -180,7 +194,12 @@ class Calibration:
     @property
     def is_identity(self) -> bool:
         """True when applying it changes nothing (every setting at the default)."""
-        return self.mask_value is None and all(c.threshold == 0.0 and c.knots is None for c in self.labels.values())
+        return self.mask_value is None and all(c.threshold == 0.0 and c.knots is None and c.presence_threshold is None
+                                               for c in self.labels.values())
+
+    def presence_thresholds(self) -> dict[str, float]:
+        """Per-label P(present) thresholds replacing the model's (for ``SeeDiffPredictor.predict``)."""
+        return {w: c.presence_threshold for w, c in self.labels.items() if c.presence_threshold is not None}
 
 
 def is_kept(score: float, threshold: float) -> bool:
@@ -208,38 +227,6 @@ def region_scores(masks: ClassMasks) -> dict[str, float]:
     return {w: float(s) for w, s in zip(masks.labels, masks.scores)}
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def observe(predict: Callable[[object], ClassMasks], base_config, method: str,
-            truth: Mapping[str, np.ndarray], words: Sequence[str]) -> list[Observation]:
-    """Observations of ``words`` on one image: ``predict(config)`` (masks from stored attention: cheap) is
-    called once per grid value of the method's mask threshold; ``truth`` maps a word to its annotated mask
-    (a word missing from it was not drawn: absent)."""
-    knob = mask_knob(method, base_config)
-    grid = knob_grid(getattr(base_config, knob))
-    rows: dict[str, list[tuple[float, float, float]]] = {w: [] for w in words}
-    gt_area: dict[str, float] = {}
-    for value in grid:
-        masks = predict(dataclasses.replace(base_config, **{knob: value}))
-        scores = region_scores(masks)
-        for w in words:
-            mask = masks.mask(w)
-            gt = truth.get(w)
-            if gt is None:
-                gt = np.zeros(mask.shape, bool)
-            if gt.shape != mask.shape:
-                raise ValueError(f"annotated mask of {w!r} is {gt.shape}, the proposal {mask.shape}")
-            pixels = float(mask.size)
-            gt_area[w] = float(gt.sum()) / pixels
-            rows[w].append((scores[w] if mask.any() else 0.0, float(mask.sum()) / pixels,
-                            float((mask & gt).sum()) / pixels))
-    return [Observation(w, gt_area[w], *map(tuple, zip(*r))) for w, r in rows.items()]
-
-
 def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Non-decreasing least-squares fit of y on x (pool adjacent violators); returns (x knots, fitted y).
 
@@ -260,19 +247,22 @@ def _isotonic(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(kx), np.asarray(ky)
 
 
-def _mean_iou(by_word: Mapping[str, Sequence[Observation]], i: int) -> float:
+Keep = Callable[[Observation], bool]
+
+
+def _mean_iou(by_word: Mapping[str, Sequence[Observation]], i: int, keep: Keep) -> float:
     """Mean over words of the dataset-level IoU at grid index ``i`` (words with nothing drawn or proposed skipped)."""
-    values = [v for v in (class_iou(obs, i) for obs in by_word.values()) if not np.isnan(v)]
+    values = [v for v in (class_iou(obs, i, keep) for obs in by_word.values()) if not np.isnan(v)]
     return float(np.mean(values)) if values else 0.0
 
 
 def _fit_mask_index(by_word: Mapping[str, Sequence[Observation]], grid: Sequence, default_i: int,
-                    prior: FitPrior) -> int:
+                    prior: FitPrior, keep: Keep) -> int:
     """Grid index of the project's mask threshold (``default_i`` unless the shrunk mIoU gain clears the margin)."""
     n = sum(o.present for obs in by_word.values() for o in obs)
     if n < prior.min_examples:
         return default_i
-    miou = np.array([_mean_iou(by_word, i) for i in range(len(grid))])
+    miou = np.array([_mean_iou(by_word, i, keep) for i in range(len(grid))])
     best = int(np.argmax(miou))
     w = prior.weight(n)
     if w * (miou[best] - miou[default_i]) < prior.margin:
@@ -284,38 +274,54 @@ def _fit_mask_index(by_word: Mapping[str, Sequence[Observation]], grid: Sequence
     return near if miou[near] > miou[default_i] else default_i
 
 
-def _fit_label(obs: Sequence[Observation], i: int, prior: FitPrior) -> LabelCalibration:
-    """Presence threshold and score → IoU knots of one word from its observations at grid index ``i``."""
-    shown = [o for o in obs if o.proposed(i)]
-    n = len(shown)
-    if n < prior.min_examples:
-        return LabelCalibration(n)
-
+def _shrunk_threshold(obs: Sequence[Observation], i: int, candidates: Sequence[float], default: float,
+                      keep_at: Callable[[float], Keep], n: int, prior: FitPrior) -> float | None:
+    """The candidate threshold with the best label IoU, moved n/(n+k) of the way from ``default``; None (keep
+    the default) unless that shrunk gain clears the margin and the shrunk value still beats the default."""
     def iou_at(t: float) -> float:
-        value = class_iou(obs, i, lambda o: is_kept(o.scores[i], t))
+        value = class_iou(obs, i, keep_at(t))
         return -1.0 if np.isnan(value) else value
 
-    s = np.array([o.scores[i] for o in shown])
-    u = np.unique(s)
-    candidates = [0.0, *((u[:-1] + u[1:]) / 2), float(u[-1])]
-    best = max(candidates, key=iou_at)
+    best = max([default, *candidates], key=iou_at)  # ties go to the default
     w = prior.weight(n)
-    threshold = 0.0
-    if w * (iou_at(best) - iou_at(0.0)) >= prior.margin:
-        shrunk = w * best
-        threshold = shrunk if iou_at(shrunk) > iou_at(0.0) else 0.0
+    if n < prior.min_examples or w * (iou_at(best) - iou_at(default)) < prior.margin:
+        return None
+    shrunk = default + w * (best - default)
+    return float(shrunk) if iou_at(shrunk) > iou_at(default) else None
+
+
+def _fit_label(obs: Sequence[Observation], i: int, prior: FitPrior, presence_default: float | None) -> LabelCalibration:
+    """One word's P(present) threshold, region-score threshold and score → IoU knots, from its observations at
+    grid index ``i`` (the presence decision first, then the region scores of what it keeps)."""
+    presence_threshold = None
+    judged = np.array([o.presence for o in obs if not np.isnan(o.presence)])
+    if presence_default is not None and len(judged):
+        u = np.unique(judged)
+        presence_threshold = _shrunk_threshold(
+            obs, i, [0.0, *((u[:-1] + u[1:]) / 2), float(u[-1])], presence_default,
+            lambda t: (lambda o: o.presence_kept(t)), len(judged), prior)
+    decided = presence_threshold if presence_threshold is not None else presence_default
+    shown = [o for o in obs if o.proposed(i) and o.presence_kept(decided)]
+    if len(shown) < prior.min_examples:
+        return LabelCalibration(len(obs), presence_threshold=presence_threshold)
+    u = np.unique([o.scores[i] for o in shown])
+    threshold = _shrunk_threshold(obs, i, [*((u[:-1] + u[1:]) / 2), float(u[-1])], 0.0,
+                                  lambda t: (lambda o: o.presence_kept(decided) and is_kept(o.scores[i], t)),
+                                  len(shown), prior) or 0.0
     kept = [o for o in shown if is_kept(o.scores[i], threshold)]
     knots = None
     if len(kept) >= prior.min_examples:
+        w = prior.weight(len(kept))
         kx, ky = _isotonic(np.array([o.scores[i] for o in kept]), np.array([o.iou(i) for o in kept]))
         knots = (tuple(float(v) for v in kx), tuple(float(w * a + (1 - w) * b) for a, b in zip(ky, kx)))
-    return LabelCalibration(n, float(threshold), knots)
+    return LabelCalibration(len(obs), float(threshold), knots, presence_threshold)
 
 
 def fit(observations: Sequence[Observation], method: str, default_value: float | None, *,
-        prior: FitPrior = FitPrior(), images: int = 0) -> Calibration:
-    """A :class:`Calibration` from observations made by :func:`observe` with a config whose mask threshold was
-    ``default_value`` (the model's default for ``method``)."""
+        prior: FitPrior = FitPrior(), images: int = 0, presence_default: float | None = None) -> Calibration:
+    """A :class:`Calibration` from observations (:func:`seediff.calibration_data.observe`) made with a config
+    whose mask threshold was ``default_value`` (the model's default for ``method``); ``presence_default``: the
+    model's P(present) threshold when the predictions decide presence (None: they do not)."""
     if method not in MASK_KNOBS:
         raise ValueError(f"unknown method {method!r}; known: {sorted(MASK_KNOBS)}")
     grid = knob_grid(default_value)
@@ -326,8 +332,8 @@ def fit(observations: Sequence[Observation], method: str, default_value: float |
     by_word: dict[str, list[Observation]] = {}
     for o in observations:
         by_word.setdefault(o.word, []).append(o)
-    i = _fit_mask_index(by_word, grid, default_i, prior)
-    labels = {w: _fit_label(obs, i, prior) for w, obs in sorted(by_word.items())}
+    i = _fit_mask_index(by_word, grid, default_i, prior, lambda o: o.presence_kept(presence_default))
+    labels = {w: _fit_label(obs, i, prior, presence_default) for w, obs in sorted(by_word.items())}
     return Calibration(method, knob, None if i == default_i else grid[i], labels, images)
 
 

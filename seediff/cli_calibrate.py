@@ -37,6 +37,7 @@ def calibrate(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: best available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32."),
     method: str = typer.Option("seediff", "--method", help="seediff, diffumask or daam."),
+    presence: bool = typer.Option(True, "--presence/--no-presence", help="Calibrate for runs that decide presence (the default) or for runs that do not."),
     seed: int = typer.Option(0, "--seed", help="Noise seed of the photo read."),
     min_examples: int = typer.Option(8, "--min-examples", min=1, help="Observations of a label before anything moves."),
     strength: float = typer.Option(10.0, "--strength", min=0.0, help="Shrinkage k: a fit moves n/(n+k) of the way."),
@@ -60,7 +61,7 @@ def calibrate(
     loaded.pipe.set_progress_bar_config(disable=True)
     with typer.progressbar(length=len(dataset.get("images", [])), label="calibrate", file=None) as bar:
         calibration = fit_from_coco(loaded, dataset, images, classes=words, method=method, mode=mode, t=t,
-                                    prompt_template=prompt, seed=seed,
+                                    prompt_template=prompt, seed=seed, presence=presence,
                                     prior=FitPrior(min_examples=min_examples, strength=strength),
                                     progress=lambda done, total: bar.update(1))
     with writing(out):

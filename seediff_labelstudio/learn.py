@@ -8,7 +8,7 @@ project, is answered 404 and changes nothing. START_TRAINING ("Start Training" o
 project from every annotated task the API lists.
 
 Learning from one task: read its image as ``/predict`` would, propose masks at each value of the method's mask
-threshold, compare with the annotation (:func:`seediff.calibrate.observe`), store the evidence and refit the
+threshold, compare with the annotation (:func:`seediff.calibration_data.observe_photo`), store the evidence and refit the
 project (:class:`~.calibration_store.CalibrationStore`). The UNet work runs on one background thread, in arrival
 order; the webhook answers 202 once the notification is verified. State: ``$SEEDIFF_DATA_DIR/calibration.sqlite``
 (``Settings.data_dir``).
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from seediff.calibrate import Calibration, fit, load_calibration, mask_knob, observe
+from seediff.calibrate import Calibration, fit, load_calibration
 
 from .calibration_store import STORE_NAME, CalibrationStore, TaskEvidence
 from .labels import LabelPlan, label_plan
@@ -325,30 +325,34 @@ class Learner:
             if annotation.get("was_cancelled"):
                 continue
             evidence.append(self._observe(job.plan, annotation, task))
-        method = self.model.options.method
+        method, presence_default = self.model.options.method, self.presence_threshold()
 
         def fitter(observations, default_value, images):
-            return fit(observations, method, default_value, images=images)
+            return fit(observations, method, default_value, images=images, presence_default=presence_default)
 
         calibration, revision = self.store.put(job.project, evidence, fitter, basis, replace_all=job.replace_all,
                                                drop_annotations=job.drop)
         log.info("project %s: calibration revision %d from %d new task(s)%s", job.project, revision, len(evidence),
                  f" ({calibration.digest})" if calibration else "")
 
+    def presence_threshold(self) -> float | None:
+        """The model's P(present) threshold when the backend decides presence (None when it does not)."""
+        o = self.model.options
+        if not o.presence or o.drop_absent:
+            return None
+        model = self.model.loaded.defaults.presence if self.model.loaded is not None else None
+        return model.threshold if model is not None else 0.5
+
     def _observe(self, plan: LabelPlan, annotation: Mapping, task: Mapping) -> TaskEvidence:
-        """What the backend proposes for the task (the one prediction path, :func:`.predict.task_masks`, at each
-        value of the mask threshold) vs what the annotation kept."""
-        from .predict import task_masks
+        """What the backend proposes for the task (its options, every label's P(present) recorded, at each value
+        of the mask threshold) vs what the annotation kept."""
+        from seediff.calibration_data import observe_photo
 
         options = self.model.options  # the backend's, uncalibrated: evidence is about the model's own proposals
         predictor, size = self.model.read_task(task, plan)
         truth = annotation_truth(annotation.get("result"), plan, size)
-        base = predictor.defaults.config(options.method)
-
-        def predict(config):
-            return task_masks(predictor, plan.classes, options, config=config)
-
-        observations = observe(predict, base, options.method, truth, plan.classes)
+        observations, default_value, _ = observe_photo(predictor, plan.classes, truth, options.method,
+                                                       options.presence, options.drop_absent)
         stamp = str(annotation.get("updated_at") or annotation.get("created_at") or "")
-        return TaskEvidence(int(task["id"]), int(annotation["id"]), stamp, self.model.model_version,
-                            getattr(base, mask_knob(options.method, base)), tuple(observations))
+        return TaskEvidence(int(task["id"]), int(annotation["id"]), stamp, self.model.model_version, default_value,
+                            tuple(observations))

@@ -1,8 +1,8 @@
 """One way to predict a Label Studio task, used by the backend (``/predict``) and by ``seediff preannotate``.
 
 :class:`PredictOptions` holds every setting that changes the proposals (method, photo mode, t, steps, seed,
-prompt template, drop_absent, control type) and names them in one ``model_version``. Given the loaded model, a
-photo and the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
+prompt template, drop_absent, presence, control type) and names them in one ``model_version``. Given the loaded
+model, a photo and the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
 :func:`task_masks` segments it and :func:`task_prediction` builds the Label Studio regions; :func:`predict_photo`
 chains the three. The same task under the same options gives the same bytes on either path.
 """
@@ -46,6 +46,7 @@ class PredictOptions:
     prompt_template: str = DEFAULT_TEMPLATE
     drop_absent: bool = False
     control: str = "polygon"  # the control type of the regions where a label is in both kinds (labels.CONTROLS)
+    presence: bool = True  # decide which labels the photo shows before segmenting (seediff.evidence)
     calibration: Calibration | None = None  # a project's (seediff.calibrate): mask threshold, presence, scores
 
     def __post_init__(self) -> None:
@@ -68,13 +69,14 @@ class PredictOptions:
     def from_settings(cls, s) -> "PredictOptions":
         """The options of the backend's :class:`~seediff_labelstudio.settings.Settings`."""
         return cls(model=s.model, method=s.method, photo_mode=s.photo_mode, t=s.timestep, steps=s.steps, seed=s.seed,
-                   prompt_template=s.prompt_template, drop_absent=s.drop_absent, control=s.control)
+                   prompt_template=s.prompt_template, drop_absent=s.drop_absent, control=s.control,
+                   presence=s.presence)
 
     @property
     def model_version(self) -> str:
         """:func:`model_version_for` (model, method, photo mode, t), plus a short hash of any other non-default
         setting that changes the masks or their regions (prompt template, seed, steps where they count,
-        drop_absent, control type), plus the calibration's digest."""
+        drop_absent, presence off, control type), plus the calibration's digest."""
         extra: dict[str, Any] = {}
         if self.prompt_template != DEFAULT_TEMPLATE:
             extra["prompt_template"] = self.prompt_template
@@ -84,6 +86,8 @@ class PredictOptions:
             extra["steps"] = self.steps
         if self.drop_absent:
             extra["drop_absent"] = True
+        if not self.presence:
+            extra["presence"] = False
         if self.control != "polygon":
             extra["control"] = self.control
         base = model_version_for(self.model, self.method, self.photo_mode, self.t)
@@ -98,21 +102,25 @@ class PredictOptions:
 
 def read_photo_for(model, image, classes, options: PredictOptions):
     """A :class:`seediff.SeeDiffPredictor` holding the photo read once with every class word (the UNet part);
-    ``model``: a :class:`seediff.pipeline.LoadedModel` (its defaults choose the method's config)."""
+    ``model``: a :class:`seediff.pipeline.LoadedModel` (its defaults choose the method's config). Classes that do
+    not fit one prompt are read later, once per group that fits (:func:`seediff.prompts.split_vocabulary`)."""
     from seediff.predictor import SeeDiffPredictor
+    from seediff.prompts import split_vocabulary
 
     predictor = SeeDiffPredictor.from_model(model, prompt_template=options.prompt_template)
-    predictor.set_image(image, options.prompt(classes), mode=options.photo_mode, t=options.t, steps=options.steps,
-                        seed=options.seed)
+    one = len(split_vocabulary(model.pipe.tokenizer, classes, options.prompt_template)) == 1
+    predictor.set_image(image, options.prompt(classes) if one else None,
+                        classes if options.presence and not options.drop_absent else None, mode=options.photo_mode,
+                        t=options.t, steps=options.steps, seed=options.seed)
     return predictor
 
 
 def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=None, config=None):
     """ClassMasks for the task's classes from a read photo; points only reach methods that accept them.
 
-    Under ``options.calibration`` the method's mask threshold is the calibrated one and each label's region is
-    dropped below its presence threshold (never a label the user clicked or boxed) and rescored to an expected
-    IoU. ``config``: the method's config instead of the model's (calibration learns by varying it).
+    Under ``options.calibration`` the method's mask threshold and each label's P(present) threshold are the
+    calibrated ones, and each label's region is dropped below its region-score threshold (never a label the user
+    clicked or boxed) and rescored to an expected IoU. ``config``: the method's config instead of the model's.
     """
     from seediff.methods import get_method
 
@@ -121,7 +129,8 @@ def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=N
         config = calibrated_config(cal, options.method, predictor.defaults.config(options.method)) if cal else None
     seeds = (points or None) if get_method(options.method).accepts_points else None
     masks = predictor.predict(list(classes), points=seeds, boxes=boxes or None, method=options.method,
-                              config=config, drop_absent=options.drop_absent)
+                              config=config, drop_absent=options.drop_absent, presence=options.presence,
+                              presence_thresholds=cal.presence_thresholds() if cal else None)
     return apply_calibration(cal, masks, keep={*(points or {}), *(boxes or {})})
 
 

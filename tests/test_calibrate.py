@@ -11,8 +11,9 @@ import pytest
 
 from seediff.calibrate import (
     Calibration, FitPrior, LabelCalibration, Observation, apply_calibration, calibrated_config, class_iou, fit,
-    is_kept, knob_grid, load_calibration, mask_knob, observe, save_calibration,
+    is_kept, knob_grid, load_calibration, mask_knob, save_calibration,
 )
+from seediff.calibration_data import observe_photo
 from seediff.masks import ClassMasks
 from seediff.methods import CONFIGS, SeeDiffConfig
 from seediff.predictor import SeeDiffPredictor
@@ -32,15 +33,15 @@ def shapes_pipe():
 
 
 def _observations(pipe, scenes, truth=lambda s: s.class_masks()):
-    """Observations of every shape word on each scene (every word prompted, as the backend does)."""
-    out, default = [], None
+    """Observations of every shape word on each scene (every word prompted and presence decided, as the backend
+    does), the model's mask threshold and its P(present) threshold."""
+    out, default, presence = [], None, None
     for scene in scenes:
         predictor = SeeDiffPredictor.from_model(pipe)
         predictor.set_image(scene.image, class_prompt(WORDS), mode="noise", t=100)
-        base = pipe.defaults.config("seediff")
-        default = base.pamr_threshold
-        out += observe(lambda cfg: predictor.predict(WORDS, config=cfg), base, "seediff", truth(scene), WORDS)
-    return out, default
+        obs, default, presence = observe_photo(predictor, WORDS, truth(scene))
+        out += obs
+    return out, default, presence
 
 
 def _shifted(seeds):
@@ -50,8 +51,11 @@ def _shifted(seeds):
 # ---- observations -----------------------------------------------------------------------------------
 def test_observations_compare_real_proposals_with_the_annotation(shapes_pipe):
     scene = make_scene(123_456, n_objects=2)
-    obs, default = _observations(shapes_pipe, [scene])
+    obs, default, presence = _observations(shapes_pipe, [scene])
     assert default == 0.6 and len(knob_grid(default)) == len(obs[0].scores)
+    assert presence == shapes_pipe.defaults.presence.threshold
+    assert all(0 < o.presence < 1 for o in obs) and sum(o.best for o in obs) == 1
+    assert max(obs, key=lambda o: o.presence).best
     assert {o.word for o in obs if o.present} == set(scene.classes)
     pixels = scene.image.shape[0] * scene.image.shape[1]
     for o in obs:
@@ -75,8 +79,8 @@ def test_class_iou_by_hand():
 
 # ---- fit and shrinkage ---------------------------------------------------------------------------------
 def test_no_change_below_the_minimum_evidence(shapes_pipe):
-    obs, default = _observations(shapes_pipe, _shifted(range(700, 705)))
-    calibration = fit(obs, "seediff", default)
+    obs, default, presence = _observations(shapes_pipe, _shifted(range(700, 703)))  # at most 6 drawn objects
+    calibration = fit(obs, "seediff", default, presence_default=presence)
     assert calibration.is_identity and calibration.mask_value is None
     assert all(c.n < FitPrior().min_examples for c in calibration.labels.values())
 
@@ -85,11 +89,11 @@ def test_five_odd_annotations_never_make_things_worse(shapes_pipe):
     """An annotator who swaps the labels on 5 tasks (circle drawn as square …): nothing moves, proposals equal."""
     swap = {"circle": "square", "square": "triangle", "triangle": "circle"}
     odd = lambda s: {swap[w]: m for w, m in s.class_masks().items()}  # noqa: E731
-    obs, default = _observations(shapes_pipe, _shifted(range(710, 715)), truth=odd)
-    calibration = fit(obs, "seediff", default)
+    obs, default, presence = _observations(shapes_pipe, _shifted(range(710, 715)), truth=odd)
+    calibration = fit(obs, "seediff", default, presence_default=presence)
     assert calibration.is_identity
     # Even with the evidence floor lowered, shrinkage and the margin keep a handful of odd examples harmless.
-    lenient = fit(obs, "seediff", default, prior=FitPrior(min_examples=1))
+    lenient = fit(obs, "seediff", default, prior=FitPrior(min_examples=1), presence_default=presence)
     scenes = _shifted(range(720, 730))
     before = after = 0.0
     for scene in scenes:
@@ -97,7 +101,8 @@ def test_five_odd_annotations_never_make_things_worse(shapes_pipe):
         predictor.set_image(scene.image, class_prompt(WORDS), mode="noise", t=100)
         base = shapes_pipe.defaults.config("seediff")
         plain = predictor.predict(WORDS, config=base)
-        tuned = apply_calibration(lenient, predictor.predict(WORDS, config=calibrated_config(lenient, "seediff", base)))
+        tuned = apply_calibration(lenient, predictor.predict(WORDS, config=calibrated_config(lenient, "seediff", base),
+                                                             presence_thresholds=lenient.presence_thresholds()))
         assert np.array_equal(apply_calibration(calibration, plain).masks, plain.masks)
         for w in WORDS:
             gt = scene.class_mask(w)
@@ -110,25 +115,33 @@ def test_five_odd_annotations_never_make_things_worse(shapes_pipe):
 def test_consistent_evidence_moves_the_settings_and_helps_on_new_scenes(shapes_pipe):
     """20 annotated shifted scenes: the fit moves away from the defaults and does not lose IoU on 20 others."""
     fit_scenes, test_scenes = _shifted(range(800, 820)), _shifted(range(820, 840))
-    obs, default = _observations(shapes_pipe, fit_scenes)
-    calibration = fit(obs, "seediff", default, images=20)
+    obs, default, presence = _observations(shapes_pipe, fit_scenes)
+    calibration = fit(obs, "seediff", default, images=20, presence_default=presence)
     assert not calibration.is_identity and calibration.images == 20
-    unshrunk = fit(obs, "seediff", default, prior=FitPrior(strength=0.0, margin=0.0))
-    test_obs, _ = _observations(shapes_pipe, test_scenes)
+    unshrunk = fit(obs, "seediff", default, prior=FitPrior(strength=0.0, margin=0.0), presence_default=presence)
+    test_obs, _, _ = _observations(shapes_pipe, test_scenes)
     grid = knob_grid(default)
 
     def held_out_miou(cal: Calibration) -> float:
         i = grid.index(cal.mask_value if cal.mask_value is not None else default)
-        thr = {w: c.threshold for w, c in cal.labels.items()}
-        per = [class_iou([o for o in test_obs if o.word == w], i, lambda o: is_kept(o.scores[i], thr.get(o.word, 0.0)))
-               for w in WORDS]
-        return float(np.nanmean(per))
+        labels = cal.labels
+
+        def keep(o):
+            c = labels.get(o.word)
+            p = presence if c is None or c.presence_threshold is None else c.presence_threshold
+            return o.presence_kept(p) and is_kept(o.scores[i], c.threshold if c else 0.0)
+
+        return float(np.nanmean([class_iou([o for o in test_obs if o.word == w], i, keep) for w in WORDS]))
 
     identity = Calibration("seediff", "pamr_threshold")
     assert held_out_miou(calibration) >= held_out_miou(identity) - 0.005
     # Shrinkage puts every fitted value between the default and the unshrunk fit.
     for w, c in calibration.labels.items():
-        assert 0.0 <= c.threshold <= unshrunk.labels[w].threshold + 1e-9
+        u = unshrunk.labels[w]
+        assert 0.0 <= c.threshold <= u.threshold + 1e-9
+        if c.presence_threshold is not None:
+            lo, hi = sorted([presence, u.presence_threshold])
+            assert lo - 1e-9 <= c.presence_threshold <= hi + 1e-9
 
 
 def test_fit_rejects_observations_of_another_grid():
@@ -165,10 +178,11 @@ def test_apply_drops_low_scores_rescores_the_rest_and_keeps_clicked_labels():
 
 def test_calibration_file_round_trip_and_errors(tmp_path):
     cal = Calibration("seediff", "pamr_threshold", 0.7,
-                      {"circle": LabelCalibration(20, 0.2, ((0.0, 0.5, 1.0), (0.1, 0.4, 0.8)))}, 20)
+                      {"circle": LabelCalibration(20, 0.2, ((0.0, 0.5, 1.0), (0.1, 0.4, 0.8)), 0.35)}, 20)
     save_calibration(cal, tmp_path / "c.json")
     back = load_calibration(tmp_path / "c.json")
     assert back == cal and back.digest == cal.digest and len(cal.digest) == 8
+    assert back.presence_thresholds() == {"circle": 0.35}
     assert dataclasses.replace(cal, mask_value=0.8).digest != cal.digest
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="bad.json: not a usable calibration file"):
@@ -178,3 +192,21 @@ def test_calibration_file_round_trip_and_errors(tmp_path):
     (tmp_path / "knots.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="x increasing"):
         load_calibration(tmp_path / "knots.json")
+
+
+def test_per_label_presence_thresholds_replace_the_models(shapes_pipe):
+    scene = make_scene(123_457, n_objects=1)
+    predictor = SeeDiffPredictor.from_model(shapes_pipe)
+    predictor.set_image(scene.image, class_prompt(WORDS), mode="noise", t=100)
+    default = predictor.predict(WORDS)
+    everything = predictor.predict(WORDS, presence_thresholds={w: 0.0 for w in WORDS})
+    assert all(everything.mask(w).any() or w in everything.reasons for w in WORDS)
+    assert not any("judged absent" in r for r in everything.reasons.values())
+    strict = predictor.predict(WORDS, presence_thresholds={w: 1.0 for w in WORDS})  # only the best survives
+    kept = [w for w in WORDS if "judged absent" not in strict.reasons.get(w, "")]
+    assert len(kept) == 1 and kept[0] in default.labels
+    assert predictor.predict(WORDS, presence_thresholds={}).masks.tolist() == default.masks.tolist()
+    o = Observation("circle", 0.1, (0.5,), (0.1,), (0.05,), 0.3, True)
+    assert Observation.from_dict(json.loads(json.dumps(o.to_dict()))) == o
+    assert o.presence_kept(0.9) and not dataclasses.replace(o, best=False).presence_kept(0.9)
+    assert Observation.from_dict(Observation("x", 0.0, (0.0,), (0.0,), (0.0,)).to_dict()).presence_kept(0.9)

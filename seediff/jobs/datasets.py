@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..calibrate import Calibration, calibrated_segment
+from ..calibrate import Calibration, apply_calibration, calibrated_config, calibrated_segment
 from ..coco import INFO, merge_coco, to_coco
 from ..convert import resize_mask
 from ..prompts import check_classes as check_words
@@ -37,7 +37,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _COMMON = ("model", "dtype", "classes", "prompt", "seed", "method", "threads")
 SYNTH_IDENTITY = _COMMON + ("steps", "guidance", "height", "width")
-ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "calibration")
+ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "presence", "calibration")
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
@@ -133,6 +133,7 @@ class _SegmentWorker(ItemWorker):
         torch.set_num_threads(int(self.params.get("threads") or 1))
         quiet_loaders()
         loaded = load_model(self.params["model"], device=self.params.get("device"), dtype=self.params.get("dtype"))
+        self.loaded = loaded
         self.pipe = loaded.pipe
         self.config = loaded.defaults.config(self.params.get("method", "seediff"))  # the model's seediff.json
         self.classes = list(self.params["classes"])
@@ -190,17 +191,22 @@ class SynthesizeWorker(_SegmentWorker):
 
 
 class AnnotateWorker(_SegmentWorker):
-    """Read the item's photo with every class word in the prompt, then segment each class."""
+    """Read the item's photo with every class word in the prompt, decide which classes it shows (unless
+    ``presence`` is off), then segment those."""
 
     def process(self, item: Item) -> dict[str, Any]:
-        from ..modes import read_photo
+        from ..predictor import SeeDiffPredictor
 
         p = self.params
         prompt = class_prompt(self.classes, str(p["prompt"]))
-        traced = read_photo(self.pipe, item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
+        predictor = SeeDiffPredictor.from_model(self.loaded, prompt_template=str(p["prompt"]))
+        predictor.set_image(item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             steps=int(p.get("steps", 10)), strength=float(p.get("strength", 0.5)), seed=item.seed)
-        masks = self.segment(traced.maps_for(0), self.classes)
-        return self.save(item, traced.images[0], item.data["file_name"], masks) | {"prompt": prompt}
+        method, cal = p.get("method", "seediff"), self.calibration
+        masks = apply_calibration(cal, predictor.predict(
+            self.classes, method=method, config=calibrated_config(cal, method, self.config),
+            presence=bool(p.get("presence", True)), presence_thresholds=cal.presence_thresholds() if cal else None))
+        return self.save(item, predictor.image, item.data["file_name"], masks) | {"prompt": prompt}
 
 
 def finish(spec: JobSpec, items: Sequence[Item], coco_path: str | os.PathLike) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
+"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, calibrate, show.
 
 Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback;
 set ``SEEDIFF_DEBUG=1`` for one); an output that cannot be written (disk full, permission denied) prints one
@@ -18,6 +18,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
+
+from .cli_calibrate import EPILOG, CalibrationOpt, calibrate, calibration_params
 
 __all__ = ["app", "main", "expand_multi"]
 
@@ -149,6 +151,7 @@ RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="
 WorkersOpt = typer.Option(None, "--workers", min=1, help="Ray actors (default: one per GPU, or all CPUs but one).")
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Items per Ray batch.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+app.command("calibrate", epilog=EPILOG)(_user_errors(calibrate))  # seediff/cli_calibrate.py
 
 
 @app.command(epilog="Example:  seediff synthesize --classes dog cat --per-class 10 --prompt 'a photo of a {}' --out data/")
@@ -203,7 +206,7 @@ def annotate(
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
-    progress: bool = ProgressOpt, presence: bool = PresenceOpt,
+    progress: bool = ProgressOpt, presence: bool = PresenceOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Segment every image of a folder (photo mode) into one COCO file. Resumable: rerun to finish."""
     from .jobs import annotate_spec, finish, plan_annotate, run_job
@@ -214,7 +217,7 @@ def annotate(
     items = plan_annotate(images_dir, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
                   t=t, steps=steps, strength=strength, method=method, threads=threads, presence=presence,
-                  images_dir=str(Path(images_dir).resolve()))
+                  images_dir=str(Path(images_dir).resolve()), calibration=calibration_params(calibration))
     spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
     report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
                      desc="annotate")
@@ -345,7 +348,7 @@ def preannotate(
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-task results kept for resuming (default: ./seediff-preannotate-<project>/)."),
     executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
-    batch_size: int = BatchOpt, progress: bool = ProgressOpt,
+    batch_size: int = BatchOpt, progress: bool = ProgressOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
     _check_method(method, mode)
@@ -359,8 +362,7 @@ def preannotate(
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
         progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent, control=control,
-        presence=presence,
-    )
+        presence=presence, calibration=calibration_params(calibration))
     typer.echo(summary.describe())
     if summary.failed:
         raise typer.Exit(1)

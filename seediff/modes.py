@@ -22,8 +22,8 @@ from .capture import AttentionMaps, CaptureConfig, trace
 from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
 from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES",
-           "MAX_ASPECT"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "rgb_array", "encode_photo",
+           "PHOTO_MODES", "MAX_ASPECT"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -98,6 +98,15 @@ def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     raise TypeError(f"image must be a PIL image, a uint8 array or a path, got {type(image).__name__}")
+
+
+def rgb_array(rgb: Image.Image, rows: int = 256) -> np.ndarray:
+    """HxWx3 uint8 pixels of an RGB image, copied a band of rows at a time (``np.asarray`` of a large photo holds
+    a second full-size copy while it converts)."""
+    out = np.empty((rgb.height, rgb.width, 3), np.uint8)
+    for y in range(0, rgb.height, rows):
+        out[y:y + rows] = np.asarray(rgb.crop((0, y, rgb.width, min(rgb.height, y + rows))))
+    return out
 
 
 @torch.no_grad()
@@ -192,7 +201,7 @@ def read_photo(
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    rgb = as_rgb(image)
+    rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else as_rgb(image)  # read, not copied
     size = input_size(pipe, (rgb.height, rgb.width), resolution)
     latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -225,7 +234,7 @@ def read_photo(
             timesteps = [int(s) for s in run]
     maps.meta["final_latents"] = x if mode != "noise" else None
     maps.mode = mode
-    maps.image = np.asarray(rgb)
+    maps.image = rgb_array(rgb)
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)

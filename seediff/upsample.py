@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 __all__ = ["upsample_labels", "reference_labels", "kernel_kind", "exact_kinds", "BAND_PIXELS"]
 
-BAND_PIXELS = 1 << 19  # output pixels per band or strip: ~20 MiB of transients, whatever the photo's size
+BAND_PIXELS = 1 << 18  # output pixels per band or strip: ~10 MiB of transients, whatever the photo's size
 
 
 def reference_labels(labels: torch.Tensor, n: int, hw: tuple[int, int]) -> torch.Tensor:

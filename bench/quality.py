@@ -519,6 +519,14 @@ def run_sweeps(pipe, n: int, base, *, mode: str, t: int) -> list[str]:
     return out
 
 
+def kept_section(path: Path, begin: str = "<!-- presence: bench/presence.py -->", end: str = "<!-- /presence -->") -> str:
+    """The section another bench command (bench/presence.py) wrote into ``path``, kept when this report is rewritten."""
+    old = path.read_text() if path.is_file() else ""
+    if begin not in old or end not in old:
+        return ""
+    return "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+
+
 def click_following(pipe, n_dev: int, n_bench: int, photo: Mapping) -> list[str]:
     """The click-following section (bench/clicks.py) on the dev and benchmark two-object scenes."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -652,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = "\n".join(text)
     print(report)
     if args.out:
-        args.out.write_text(report)
+        args.out.write_text(report + kept_section(args.out))
 
 
 if __name__ == "__main__":

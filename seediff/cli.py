@@ -142,6 +142,7 @@ DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default
 DtypeOpt = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: fp16 on CUDA, else fp32).")
 SeedOpt = typer.Option(0, "--seed", help="Job seed; each item's seed is derived from it and the item id.")
 MethodOpt = typer.Option("seediff", "--method", help="seediff, diffumask or daam.")
+PresenceOpt = typer.Option(True, "--presence/--no-presence", help="Decide which classes each photo shows and segment only those (default; the backend's SEEDIFF_PRESENCE). --no-presence segments every class.")
 ThreadsOpt = typer.Option(1, "--threads", min=1, help="Torch CPU threads per worker (results are bit-identical only at the same count).")
 ExecutorOpt = typer.Option("local", "--executor", help="local (this process) or ray.")
 RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray).")
@@ -202,7 +203,7 @@ def annotate(
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
-    progress: bool = ProgressOpt,
+    progress: bool = ProgressOpt, presence: bool = PresenceOpt,
 ) -> None:
     """Segment every image of a folder (photo mode) into one COCO file. Resumable: rerun to finish."""
     from .jobs import annotate_spec, finish, plan_annotate, run_job
@@ -212,7 +213,7 @@ def annotate(
     prompt = _template(prompt)
     items = plan_annotate(images_dir, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
-                  t=t, steps=steps, strength=strength, method=method, threads=threads,
+                  t=t, steps=steps, strength=strength, method=method, threads=threads, presence=presence,
                   images_dir=str(Path(images_dir).resolve()))
     spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
     report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
@@ -338,6 +339,7 @@ def preannotate(
     steps: int = typer.Option(10, "--steps", min=1, help="DDIM steps for denoise/invert (the backend's SEEDIFF_STEPS)."),
     drop_absent: bool = typer.Option(False, "--drop-absent/--keep-absent", help="Presence test: empty masks for classes decided absent (the backend's SEEDIFF_DROP_ABSENT)."),
     control: str = typer.Option("polygon", "--control", help="polygon, brush or both: the region type where a label is in a PolygonLabels and a BrushLabels (the backend's SEEDIFF_CONTROL)."),
+    presence: bool = PresenceOpt,
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt,
     batch: int = typer.Option(32, "--batch", min=1, help="Predictions posted per request."),
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
@@ -357,6 +359,7 @@ def preannotate(
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
         progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent, control=control,
+        presence=presence,
     )
     typer.echo(summary.describe())
     if summary.failed:

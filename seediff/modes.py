@@ -171,7 +171,7 @@ def generate(
 def read_photo(
     pipe,
     image: Image.Image | np.ndarray | str,
-    prompt: str,
+    prompt: str | Sequence[str],
     *,
     mode: str = "noise",
     t: int = 100,
@@ -185,15 +185,16 @@ def read_photo(
 
     ``mode``: 'noise' (one UNet pass at timestep ``t``), 'denoise' or 'invert' (``steps`` DDIM steps from
     ``strength``·T to 0). ``resolution``: the side of the square whose area the photo is resized to
-    (default: the model's native size).
+    (default: the model's native size). Several prompts read the same photo with the same noise in one
+    batched UNet call per step (maps batch i ↔ prompt i, each with the photo: :meth:`Traced.maps_for`). In noise
+    mode ``maps.meta['noise_errors']`` holds each prompt's squared noise-prediction error (the presence evidence
+    of :mod:`seediff.evidence`).
     """
     from diffusers import DDIMInverseScheduler
 
     if mode not in PHOTO_MODES:
         raise ValueError(f"mode must be one of {PHOTO_MODES}, got {mode!r}")
     prompts = check_prompt(pipe.tokenizer, prompt)
-    if len(prompts) != 1:
-        raise ValueError("read_photo takes one prompt for one photo")
     n_train = int(pipe.scheduler.config.num_train_timesteps)
     if not 0 <= t < n_train:
         raise ValueError(f"t must be in [0, {n_train}), got {t}")
@@ -206,6 +207,7 @@ def read_photo(
     latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
+    latents, noise = (v.expand(len(prompts), -1, -1, -1) for v in (latents, noise))
     scheduler = noise_scheduler(pipe)  # DDIM with the model's schedule and prediction_type; step() converts v/x0
     capture = dataclasses.replace(capture or CaptureConfig(), t_window=(0.0, 1.0))
 
@@ -224,7 +226,9 @@ def read_photo(
         cond = unet_conditioning(pipe, prompts, size)  # inside the trace: the prompt's tokens are recorded
         if mode == "noise":
             ts = torch.tensor([t], device=latents.device)
-            pipe.unet(scheduler.add_noise(latents, noise, ts), ts, **cond)
+            x_t = scheduler.add_noise(latents, noise, ts)
+            eps = predicted_noise(scheduler, pipe.unet(x_t, ts, **cond).sample, x_t, ts)
+            errors = ((eps.float() - noise.float()) ** 2).mean(dim=(1, 2, 3)).cpu().tolist()
             timesteps = [t]
         else:
             x = start
@@ -233,12 +237,13 @@ def read_photo(
                 x = scheduler.step(out, s, x).prev_sample
             timesteps = [int(s) for s in run]
     maps.meta["final_latents"] = x if mode != "noise" else None
+    maps.meta["noise_errors"] = errors if mode == "noise" else None
     maps.mode = mode
     maps.image = rgb_array(rgb)
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)
-    return Traced([rgb], maps)
+    return Traced([rgb] * len(prompts), maps)
 
 
 def _invert(pipe, scheduler, inverse, latents: torch.Tensor, cond: dict, run: list[torch.Tensor]) -> torch.Tensor:

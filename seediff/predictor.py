@@ -20,8 +20,9 @@ from .defaults import ModelDefaults
 from .families import with_layout_levels
 from .masks import ClassMasks
 from . import modes
+from .evidence import decide, loo_errors, loo_gains, loo_prompts, presence_logits, region_rows
 from .presence import present_classes, presence_scores
-from .prompts import DEFAULT_TEMPLATE, check_classes, check_template, class_prompt
+from .prompts import DEFAULT_TEMPLATE, check_classes, check_template, class_prompt, split_vocabulary
 from .segment import segment
 
 __all__ = ["SeeDiffPredictor"]
@@ -41,6 +42,26 @@ def _with_empty(out: ClassMasks, words: list[str], reasons: dict[str, str]) -> C
     scores = [out.scores[out.labels.index(c)] if c in out.labels else 0.0 for c in words]
     return dataclasses.replace(out, labels=words, masks=np.stack(masks), scores=np.asarray(scores, np.float32),
                                reasons={**out.reasons, **reasons})
+
+
+def _merge(parts: list[ClassMasks]) -> ClassMasks:
+    """One exclusive ClassMasks from several groups' (a pixel two groups claim goes to the higher-scoring region)."""
+    if len(parts) == 1:
+        return parts[0]
+    labels = [c for p in parts for c in p.labels]
+    masks = np.concatenate([p.masks for p in parts]).copy()
+    scores = np.concatenate([np.asarray(p.scores, np.float32) for p in parts])
+    taken = np.zeros(masks.shape[1:], dtype=bool)
+    reasons = {k: v for p in parts for k, v in p.reasons.items()}
+    for i in np.argsort(-scores, kind="stable"):
+        had = bool(masks[i].any())
+        masks[i] &= ~taken
+        taken |= masks[i]
+        if had and not masks[i].any():
+            reasons[labels[i]] = f"{labels[i]!r} lost every pixel to higher-scoring regions of other prompts"
+            scores[i] = 0.0
+    return dataclasses.replace(parts[0], labels=labels, masks=masks, scores=scores, reasons=reasons,
+                               notes=[n for p in parts for n in p.notes])
 
 
 class SeeDiffPredictor:
@@ -79,6 +100,8 @@ class SeeDiffPredictor:
         self._by_prompt: dict[str, tuple[AttentionMaps, dict]] = {}
         self._cache: dict = {}
         self._presence: dict[tuple[str, ...], dict[str, float]] = {}
+        self._logits: dict[tuple[str, ...], dict[str, float]] = {}
+        self._loo: dict[tuple[str, ...], list[float]] = {}  # class group → noise errors of its loo_prompts rows
 
     def generate(self, prompt: str, seed: int = 0, **kwargs) -> Image.Image:
         """Generate an image for ``prompt`` (``seediff.modes.generate`` kwargs: steps, guidance, height, width…)
@@ -89,20 +112,28 @@ class SeeDiffPredictor:
         self._maps = traced.maps_for(0)
         return self._image
 
-    def set_image(self, photo, prompt: str | None = None, **kwargs) -> None:
+    def set_image(self, photo, prompt: str | None = None, classes: Sequence[str] | None = None, **kwargs) -> None:
         """Read an existing photo (PIL image, HxWx3 uint8 array or path) for later queries.
 
         With ``prompt`` the photo is read now, once (``seediff.modes.read_photo`` kwargs: mode, t, steps…);
         class words must then be words of that prompt. Without it, each ``predict`` reads the photo with a
-        prompt made from its classes (once per distinct class list).
+        prompt made from its classes (once per distinct class list). ``classes``: the classes ``predict`` will
+        be asked for, when ``prompt`` is their :func:`~seediff.prompts.class_prompt`: the presence test's
+        leave-one-out rows then ride in the read's own UNet call.
         """
         self.reset_image()
         self._photo = modes.as_rgb(photo)
         self._image = self._photo
         self._photo_kwargs = dict(kwargs)
         if prompt is not None:
-            traced = modes.read_photo(self.pipe, self._photo, prompt, capture=self.capture, **kwargs)
-            self._maps = traced.maps
+            words = check_classes(classes) if classes is not None else []
+            rows = loo_prompts(words, self.prompt_template) if words else []
+            extra = rows[1:] if rows and rows[0] == prompt and kwargs.get("mode", "noise") == "noise" else []
+            traced = modes.read_photo(self.pipe, self._photo, [prompt, *extra] if extra else prompt,
+                                      capture=self.capture, **kwargs)
+            self._maps = traced.maps_for(0) if extra else traced.maps
+            if extra:
+                self._loo[tuple(words)] = list(traced.maps.meta["noise_errors"])
 
     @property
     def is_image_set(self) -> bool:
@@ -129,11 +160,27 @@ class SeeDiffPredictor:
         """Maps (and their cache) that contain the classes: the stored ones, or a photo read for them."""
         if self._maps is not None:
             return self._maps, self._cache
-        prompt = class_prompt(classes, self.prompt_template)
-        if prompt not in self._by_prompt:
-            traced = modes.read_photo(self.pipe, self._photo, prompt, capture=self.capture, **self._photo_kwargs)
-            self._by_prompt[prompt] = (traced.maps, {})
-        return self._by_prompt[prompt]
+        self._read([classes])
+        return self._by_prompt[class_prompt(classes, self.prompt_template)]
+
+    def _read(self, groups: Sequence[Sequence[str]], loo: bool = False) -> None:
+        """Read the photo for every group's prompt not read yet, all in one batched UNet call (with ``loo`` and
+        noise mode, each group's leave-one-out rows too, their errors kept for the presence test)."""
+        todo = [list(g) for g in groups if class_prompt(g, self.prompt_template) not in self._by_prompt]
+        if not todo:
+            return
+        prompts = [class_prompt(g, self.prompt_template) for g in todo]
+        loo = loo and self._photo_kwargs.get("mode", "noise") == "noise"
+        extras = [loo_prompts(g, self.prompt_template)[1:] if loo else [] for g in todo]
+        rows = prompts + [q for e in extras for q in e]
+        traced = modes.read_photo(self.pipe, self._photo, rows if len(rows) > 1 else rows[0], capture=self.capture,
+                                  **self._photo_kwargs)
+        errors, start = traced.maps.meta.get("noise_errors"), len(prompts)
+        for i, (g, p, e) in enumerate(zip(todo, prompts, extras)):
+            self._by_prompt[p] = (traced.maps_for(i) if len(rows) > 1 else traced.maps, {})
+            if e and errors is not None:
+                self._loo[tuple(g)] = [errors[i], *errors[start:start + len(e)]]
+            start += len(e)
 
     # ---- the cheap part ---------------------------------------------------------------------------------
     def predict(
@@ -144,28 +191,109 @@ class SeeDiffPredictor:
         method: str = "seediff",
         config=None,
         drop_absent: bool = False,
+        presence: bool = True,
     ) -> ClassMasks:
         """Masks for ``classes`` on the current image; see :func:`seediff.segment.segment` for the arguments.
 
-        ``drop_absent``: run the generative presence test (:mod:`seediff.presence`, 6 batched UNet calls, once per
-        class list) and give classes it decides absent an empty mask (reason says so) instead of segmenting them;
-        classes with user points or boxes are always kept. ``config`` None: the model's
-        (``defaults.config(method)``).
+        ``presence`` (default on, photos only): first decide which classes the photo shows
+        (:mod:`seediff.evidence`: the read's own cross-attention plus one batched UNet call of K + 1 prompt rows,
+        once per class list) and segment only those; a class judged absent gets an empty mask and a reason, and
+        with a fitted region model (the model's ``seediff.json``) each region's score estimates its IoU. Classes
+        with user points or boxes are always kept. ``presence=False`` segments every class. ``drop_absent``: the
+        slower diffusion-classifier test (:mod:`seediff.presence`, 6 UNet calls) decides instead. ``config``
+        None: the model's (``defaults.config(method)``). A photo set without a prompt whose classes do not fit
+        one prompt is read once per group of classes that fits (:func:`seediff.prompts.split_vocabulary`);
+        a pixel two groups claim goes to the region with the higher score.
         """
         self._require()
         words = check_classes(classes)
         config = self.defaults.config(method) if config is None else config
-        maps, cache = self._maps_for(words)
-        if not drop_absent or len(words) < 2:
-            return segment(maps, words, method=method, config=config, points=points, boxes=boxes, cache=cache)
-        scores = self.presence(words)
         seeded = {c for seeds in (points, boxes) if isinstance(seeds, dict) for c, v in seeds.items() if v}
-        present = set(present_classes(scores, self.defaults.presence_threshold))
-        kept = [c for c in words if c in present or c in seeded]
-        out = segment(maps, kept, method=method, config=config, points=_only(points, kept), boxes=_only(boxes, kept),
-                      cache=cache)
-        return _with_empty(out, words, {c: f"absent by the presence test (score {scores[c]:.4g})"
-                                        for c in words if c not in kept})
+        groups = [words] if self._maps is not None else split_vocabulary(self.pipe.tokenizer, words,
+                                                                         self.prompt_template)
+        if self._maps is None:
+            self._read(groups, loo=presence and not drop_absent)
+        logits: dict[str, float] = {}
+        if drop_absent and len(words) > 1:
+            if len(groups) > 1:
+                raise ValueError(f"drop_absent needs every class in one prompt; {len(words)} classes need {len(groups)}")
+            scores = self.presence(words)
+            present = set(present_classes(scores, self.defaults.presence_threshold))
+            reasons = {c: f"absent by the presence test (score {scores[c]:.4g})" for c in words if c not in present}
+        elif presence and self._photo is not None:
+            logits = self.presence_logits(words, groups)
+            reasons = self._absent(words, logits, seeded)
+        else:
+            reasons = {}
+        kept = [c for c in words if c not in reasons or c in seeded]
+        parts = []
+        for group in groups:
+            mine = [c for c in group if c in kept]
+            if mine:
+                maps, cache = self._maps_for(group)
+                out = segment(maps, mine, method=method, config=config, points=_only(points, mine),
+                              boxes=_only(boxes, mine), cache=cache)
+                parts.append(self._region_scores(out, maps, logits) if logits else out)
+        merged = _merge(parts) if parts else ClassMasks(
+            labels=[], masks=np.zeros((0, self._image.height, self._image.width), bool), scores=np.zeros(0),
+            method=method, config=config)
+        return _with_empty(merged, words, {c: r for c, r in reasons.items() if c not in kept})
+
+    def _absent(self, words: list[str], logits: dict[str, float], seeded: set[str]) -> dict[str, str]:
+        """Reasons for the classes the presence decision drops (classes without logits are never dropped)."""
+        model = self.defaults.presence
+        threshold = model.threshold if model is not None else 0.5
+        keep_best = model.keep_best if model is not None else True
+        judged = [c for c in words if c in logits]
+        probs = {c: 1.0 / (1.0 + float(np.exp(-np.clip(logits[c], -50, 50)))) for c in judged}
+        kept = set(decide(judged, [probs[c] for c in judged], threshold, keep_best, sorted(seeded)))
+        return {c: f"judged absent (P(present) {probs[c]:.2f} <= {threshold:.2f})" for c in judged if c not in kept}
+
+    def _region_scores(self, out: ClassMasks, maps: AttentionMaps, logits: dict[str, float]) -> ClassMasks:
+        """``out`` with each non-empty region's score replaced by the model's IoU estimate (if it ships one)."""
+        model = self.defaults.presence
+        if model is None or model.region is None:
+            return out
+        live = [i for i, c in enumerate(out.labels) if out.masks[i].any() and c in logits]
+        if not live:
+            return out
+        scores = np.asarray(out.scores, np.float32).copy()
+        rows = region_rows(maps, out.masks[live], [out.labels[i] for i in live], logits, model.level)
+        scores[live] = model.region.predict(rows)
+        return dataclasses.replace(out, scores=scores)
+
+    def presence_logits(self, classes: Sequence[str], groups: Sequence[Sequence[str]] | None = None
+                        ) -> dict[str, float]:
+        """Presence logits of ``classes`` on the current photo (:func:`seediff.evidence.presence_logits`), each
+        class judged within its group's prompt (``groups``; default one group). The leave-one-out rows of every
+        group go through the UNet in one batched call (groups + K rows) at the read's timestep and noise;
+        cached per class list."""
+        self._require()
+        words = tuple(check_classes(classes))
+        if words not in self._logits:
+            parts = []
+            for group in groups or [list(words)]:
+                maps, _ = self._maps_for(list(group))
+                judged = [c for c in group if maps.has_word(c)]
+                if judged:
+                    parts.append((maps, judged, loo_prompts(judged, self.prompt_template)))
+            missing = [qs for _, judged, qs in parts if tuple(judged) not in self._loo]
+            if missing:  # rows the read did not carry: one batched UNet call for all of them
+                kw = self._photo_kwargs
+                t = int(kw.get("t", 100)) if kw.get("mode", "noise") == "noise" else 100
+                errors = loo_errors(self.pipe, self._photo, [q for qs in missing for q in qs], t=t,
+                                    seed=int(kw.get("seed", 0)), resolution=kw.get("resolution"))
+                start = 0
+                for _, judged, qs in parts:
+                    if tuple(judged) not in self._loo:
+                        self._loo[tuple(judged)] = list(errors[start:start + len(qs)])
+                        start += len(qs)
+            out: dict[str, float] = {}
+            for maps, judged, _ in parts:
+                logits = presence_logits(self.defaults.presence, maps, judged, loo_gains(self._loo[tuple(judged)]))
+                out.update({c: float(v) for c, v in zip(judged, logits)})
+            self._logits[words] = out
+        return self._logits[words]
 
     def presence(self, classes: Sequence[str]) -> dict[str, float]:
         """Presence scores of ``classes`` on the current image (:func:`seediff.presence.presence_scores`), cached."""

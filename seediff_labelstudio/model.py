@@ -150,20 +150,20 @@ class SeeDiffModel:
         return self.loaded is not None
 
     def check_config(self, config: str) -> LabelPlan:
-        """The config's label plan; ValueError if it is unsupported or its class words overflow one prompt."""
-        from seediff.prompts import split_vocabulary, token_limit
+        """The config's label plan; ValueError if it is unsupported or a class word does not fit a prompt even
+        alone (larger label sets are read in several prompts, one per group of classes that fits)."""
+        from seediff.prompts import split_vocabulary
 
         plan = label_plan(config)
         if self.loaded is not None:
             try:
                 groups = split_vocabulary(self.pipe.tokenizer, plan.classes, self.options.prompt_template)
             except ValueError as exc:
-                groups, detail = None, str(exc)
-            if groups is None or len(groups) > 1:
-                limit = token_limit(self.pipe.tokenizer)
-                detail = f"they need {len(groups)} prompts of at most {limit} tokens" if groups else detail
-                raise ValueError(f"{len(plan.classes)} class words do not fit in one prompt ({detail}); use fewer "
-                                 "labels or shorter predicted_values")
+                raise ValueError(f"{len(plan.classes)} class words cannot be served: {exc}; shorten that label's "
+                                 "predicted_values") from None
+            if len(groups) > 1:
+                log.info("%d class words need %d prompts: each photo is read %d times", len(plan.classes),
+                         len(groups), len(groups))
         return plan
 
     def count(self, **values: float) -> None:

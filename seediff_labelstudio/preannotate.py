@@ -31,8 +31,8 @@ from .predict import PredictOptions, model_version_for, predict_photo
 __all__ = ["LabelPlan", "label_plan", "model_version_for", "options_of", "preannotate_project", "PreannotateWorker",
            "PreannotateSummary", "make_fetcher"]
 
-IDENTITY = ("model", "dtype", "mode", "t", "steps", "seed", "method", "drop_absent", "threads", "model_version", "plan",
-            "project", "url", "prompt_template", "control")
+IDENTITY = ("model", "dtype", "mode", "t", "steps", "seed", "method", "drop_absent", "presence", "threads", "model_version",
+            "plan", "project", "url", "prompt_template", "control")
 
 
 def options_of(params: Mapping[str, Any]) -> PredictOptions:
@@ -42,7 +42,7 @@ def options_of(params: Mapping[str, Any]) -> PredictOptions:
                           steps=int(params.get("steps", 10)), seed=int(params.get("seed", 0)),
                           prompt_template=params.get("prompt_template") or PredictOptions.prompt_template,
                           drop_absent=bool(params.get("drop_absent", False)),
-                          control=params.get("control", "polygon"))
+                          control=params.get("control", "polygon"), presence=bool(params.get("presence", True)))
 
 
 def _client(url: str, api_key: str):
@@ -148,7 +148,8 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
                         t: int = 100, seed: int = 0, method: str = "seediff", threads: int = 1, batch: int = 32,
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
                         progress: bool = True, prompt_template: str = PredictOptions.prompt_template,
-                        steps: int = 10, drop_absent: bool = False, control: str = "polygon") -> PreannotateSummary:
+                        steps: int = 10, drop_absent: bool = False, control: str = "polygon",
+                        presence: bool = True) -> PreannotateSummary:
     """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
     from label_studio_sdk.core.api_error import ApiError
@@ -163,7 +164,8 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         raise ValueError(f"cannot read project {project} at {url}: HTTP {exc.status_code} {str(exc.body)[:200]}") from None
     plan = label_plan(proj.label_config)
     options = PredictOptions(model=str(model), method=method, photo_mode=mode, t=t, steps=steps, seed=seed,
-                             prompt_template=prompt_template, drop_absent=drop_absent, control=control)
+                             prompt_template=prompt_template, drop_absent=drop_absent, control=control,
+                             presence=presence)
     version = model_version or options.model_version
     summary = PreannotateSummary(project, version)
     items = []
@@ -183,7 +185,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
             continue
         items.append(Item(item_id, seed, {"task": int(task.id), "image": ref}))  # the options' seed, as the backend
     params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, steps=steps, seed=seed, method=method,
-                  drop_absent=drop_absent, threads=threads, model_version=version, plan=plan.to_dict(),
+                  drop_absent=drop_absent, presence=presence, threads=threads, model_version=version, plan=plan.to_dict(),
                   project=project, url=url, api_key=api_key, prompt_template=options.prompt_template, control=control)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)

@@ -1,8 +1,8 @@
 """One way to predict a Label Studio task, used by the backend (``/predict``) and by ``seediff preannotate``.
 
 :class:`PredictOptions` holds every setting that changes the proposals (method, photo mode, t, steps, seed,
-prompt template, drop_absent, control type) and names them in one ``model_version``. Given the loaded model, a
-photo and the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
+prompt template, drop_absent, presence, control type) and names them in one ``model_version``. Given the loaded
+model, a photo and the label plan, :func:`read_photo_for` reads the photo once (the expensive part, which the backend caches),
 :func:`task_masks` segments it and :func:`task_prediction` builds the Label Studio regions; :func:`predict_photo`
 chains the three. The same task under the same options gives the same bytes on either path.
 """
@@ -45,6 +45,7 @@ class PredictOptions:
     prompt_template: str = DEFAULT_TEMPLATE
     drop_absent: bool = False
     control: str = "polygon"  # the control type of the regions where a label is in both kinds (labels.CONTROLS)
+    presence: bool = True  # decide which labels the photo shows before segmenting (seediff.evidence)
 
     def __post_init__(self) -> None:
         from seediff.methods import METHODS
@@ -66,13 +67,14 @@ class PredictOptions:
     def from_settings(cls, s) -> "PredictOptions":
         """The options of the backend's :class:`~seediff_labelstudio.settings.Settings`."""
         return cls(model=s.model, method=s.method, photo_mode=s.photo_mode, t=s.timestep, steps=s.steps, seed=s.seed,
-                   prompt_template=s.prompt_template, drop_absent=s.drop_absent, control=s.control)
+                   prompt_template=s.prompt_template, drop_absent=s.drop_absent, control=s.control,
+                   presence=s.presence)
 
     @property
     def model_version(self) -> str:
         """:func:`model_version_for` (model, method, photo mode, t), plus a short hash of any other non-default
         setting that changes the masks or their regions (prompt template, seed, steps where they count,
-        drop_absent, control type)."""
+        drop_absent, presence off, control type)."""
         extra: dict[str, Any] = {}
         if self.prompt_template != DEFAULT_TEMPLATE:
             extra["prompt_template"] = self.prompt_template
@@ -82,6 +84,8 @@ class PredictOptions:
             extra["steps"] = self.steps
         if self.drop_absent:
             extra["drop_absent"] = True
+        if not self.presence:
+            extra["presence"] = False
         if self.control != "polygon":
             extra["control"] = self.control
         base = model_version_for(self.model, self.method, self.photo_mode, self.t)
@@ -96,12 +100,16 @@ class PredictOptions:
 
 def read_photo_for(model, image, classes, options: PredictOptions):
     """A :class:`seediff.SeeDiffPredictor` holding the photo read once with every class word (the UNet part);
-    ``model``: a :class:`seediff.pipeline.LoadedModel` (its defaults choose the method's config)."""
+    ``model``: a :class:`seediff.pipeline.LoadedModel` (its defaults choose the method's config). Classes that do
+    not fit one prompt are read later, once per group that fits (:func:`seediff.prompts.split_vocabulary`)."""
     from seediff.predictor import SeeDiffPredictor
+    from seediff.prompts import split_vocabulary
 
     predictor = SeeDiffPredictor.from_model(model, prompt_template=options.prompt_template)
-    predictor.set_image(image, options.prompt(classes), mode=options.photo_mode, t=options.t, steps=options.steps,
-                        seed=options.seed)
+    one = len(split_vocabulary(model.pipe.tokenizer, classes, options.prompt_template)) == 1
+    predictor.set_image(image, options.prompt(classes) if one else None,
+                        classes if options.presence and not options.drop_absent else None, mode=options.photo_mode,
+                        t=options.t, steps=options.steps, seed=options.seed)
     return predictor
 
 
@@ -111,7 +119,7 @@ def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=N
 
     seeds = (points or None) if get_method(options.method).accepts_points else None
     return predictor.predict(list(classes), points=seeds, boxes=boxes or None, method=options.method,
-                             drop_absent=options.drop_absent)
+                             drop_absent=options.drop_absent, presence=options.presence)
 
 
 def task_prediction(plan: LabelPlan, masks, size: tuple[int, int], model_version: str, *, control: str = "polygon",

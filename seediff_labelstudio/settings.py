@@ -91,6 +91,7 @@ class Settings:
     seed: int = 0  # SEEDIFF_SEED
     drop_absent: bool = False  # SEEDIFF_DROP_ABSENT: presence test, empty masks for classes decided absent
     control: str = "polygon"  # SEEDIFF_CONTROL: polygon | brush | both — the control type answers use
+    presence: bool = True  # SEEDIFF_PRESENCE: decide which labels the photo shows before segmenting (default on)
     ls_url: str | None = None  # LABEL_STUDIO_URL
     ls_api_key: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (secret)
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
@@ -176,6 +177,7 @@ class Settings:
             seed=_int(env, "SEEDIFF_SEED", 0, lo=0),
             drop_absent=_bool(env, "SEEDIFF_DROP_ABSENT", False),
             control=control,
+            presence=_bool(env, "SEEDIFF_PRESENCE", True),
             ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
             allowed_roots=tuple(roots), allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),

@@ -46,6 +46,7 @@ def settings(tiny_pipe_path, root):
         "SEEDIFF_MODEL": str(tiny_pipe_path), "SEEDIFF_DEVICE": "cpu", "SEEDIFF_ALLOWED_ROOTS": str(root),
         "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": KEY,
         "BASIC_AUTH_USER": AUTH[0], "BASIC_AUTH_PASS": AUTH[1],
+        "SEEDIFF_PRESENCE": "false",  # a random model: its presence decisions are noise; this file tests the protocol
     })
 
 
@@ -104,7 +105,12 @@ def test_setup_returns_model_version_and_rejects_bad_configs(client, model):
     many = "".join(f'<Label value="Thing number {i}"/>' for i in range(30))
     crowded = f'<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i">{many}</PolygonLabels></View>'
     r = client.post("/setup", json={"schema": crowded}, auth=AUTH)
-    assert r.status_code == 400 and "30 class words do not fit in one prompt" in r.json()["detail"]
+    assert r.status_code == 200, r.text  # more labels than one prompt holds: read in several prompts
+    huge = " ".join(["word"] * 90)
+    too_long = (f'<View><Image name="i" value="$i"/><PolygonLabels name="p" toName="i"><Label value="A" '
+                f'predicted_values="{huge}"/></PolygonLabels></View>')
+    r = client.post("/setup", json={"schema": too_long}, auth=AUTH)
+    assert r.status_code == 400 and "1 class words cannot be served" in r.json()["detail"]
     assert "at most 77" in r.json()["detail"]
 
 
@@ -336,6 +342,7 @@ def test_fuzzed_predict_bodies_are_answered_never_500(client, body):
 def test_settings_validation_and_masking():
     with pytest.raises(SettingsError, match="SEEDIFF_METHOD"):
         Settings.from_env({"SEEDIFF_METHOD": "magic"})
+    assert Settings.from_env({}).presence and not Settings.from_env({"SEEDIFF_PRESENCE": "false"}).presence
     with pytest.raises(SettingsError, match="BASIC_AUTH_PASS"):
         Settings.from_env({"BASIC_AUTH_USER": "u"})
     with pytest.raises(SettingsError, match="LABEL_STUDIO_URL"):

@@ -7,7 +7,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 from pycocotools.coco import COCO
@@ -18,26 +17,7 @@ from seediff.convert import rle_to_mask, segmentation_to_mask
 from seediff.lsexport import ConversionIssue, coco_to_ls, ls_to_coco
 from seediff.lsformat import categories_from_config
 
-DATA = Path(__file__).parent / "data" / "ls_export"
-CONFIG = (DATA / "config.xml").read_text()
-
-
-def load(name: str) -> list:
-    return json.loads((DATA / name).read_text())
-
-
-def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def dog_brush() -> np.ndarray:
-    """The 'dog' brush of brush_task.json (see tests/data/ls_export/README.md)."""
-    m = box(10, 20, 2, 8, 3, 10)
-    m[4:6, 5:7] = False
-    return m
-
+from ls_export_data import CONFIG, DATA, box, dog_brush, load
 
 def quiet(fn, *args):
     with contextlib.redirect_stdout(io.StringIO()):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,26 +15,9 @@ from label_studio_sdk.label_interface import LabelInterface
 from seediff.lsexport import ls_to_coco
 from seediff.lsformat import brush_region, ls_results, ls_task, polygon_region, region_to_mask
 
-DATA = Path(__file__).parent / "data" / "ls_export"
-CONFIG = (DATA / "config.xml").read_text()
+from ls_export_data import CONFIG, box, dog_brush, load
+
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def load(name: str) -> list:
-    return json.loads((DATA / name).read_text())
-
-
-def box(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    m = np.zeros((h, w), bool)
-    m[y0:y1, x0:x1] = True
-    return m
-
-
-def dog_brush() -> np.ndarray:
-    """The 'dog' brush of brush_task.json (see tests/data/ls_export/README.md)."""
-    m = box(10, 20, 2, 8, 3, 10)
-    m[4:6, 5:7] = False
-    return m
 
 
 # ---------------------------------------------------------------------------------------- results and tasks

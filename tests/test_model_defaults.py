@@ -20,7 +20,8 @@ SHAPES_CONFIG = SeeDiffConfig(seed_levels=(1,), pamr_threshold=0.6)
 
 def test_builtin_shapes_ships_its_measured_settings():
     d = model_defaults(BUILTIN_MODELS["builtin:shapes"])
-    assert d == ModelDefaults({"seediff": SHAPES_CONFIG}, presence_threshold=-0.002)
+    assert d == ModelDefaults({"seediff": SHAPES_CONFIG}, presence_threshold=-0.002, presence=d.presence)
+    assert d.presence is not None and d.presence.level == 1  # fitted by bench/presence.py (tests/test_evidence.py)
     assert d.config("seediff") == SHAPES_CONFIG and d.config("diffumask") == DiffuMaskConfig()
 
 

@@ -36,7 +36,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _COMMON = ("model", "dtype", "classes", "prompt", "seed", "method", "threads")
 SYNTH_IDENTITY = _COMMON + ("steps", "guidance", "height", "width")
-ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength")
+ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "presence")
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
@@ -132,6 +132,7 @@ class _SegmentWorker(ItemWorker):
         torch.set_num_threads(int(self.params.get("threads") or 1))
         quiet_loaders()
         loaded = load_model(self.params["model"], device=self.params.get("device"), dtype=self.params.get("dtype"))
+        self.loaded = loaded
         self.pipe = loaded.pipe
         self.config = loaded.defaults.config(self.params.get("method", "seediff"))  # the model's seediff.json
         self.classes = list(self.params["classes"])
@@ -188,17 +189,20 @@ class SynthesizeWorker(_SegmentWorker):
 
 
 class AnnotateWorker(_SegmentWorker):
-    """Read the item's photo with every class word in the prompt, then segment each class."""
+    """Read the item's photo with every class word in the prompt, decide which classes it shows (unless
+    ``presence`` is off), then segment those."""
 
     def process(self, item: Item) -> dict[str, Any]:
-        from ..modes import read_photo
+        from ..predictor import SeeDiffPredictor
 
         p = self.params
         prompt = class_prompt(self.classes, str(p["prompt"]))
-        traced = read_photo(self.pipe, item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
+        predictor = SeeDiffPredictor.from_model(self.loaded, prompt_template=str(p["prompt"]))
+        predictor.set_image(item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             steps=int(p.get("steps", 10)), strength=float(p.get("strength", 0.5)), seed=item.seed)
-        masks = self.segment(traced.maps_for(0), self.classes)
-        return self.save(item, traced.images[0], item.data["file_name"], masks) | {"prompt": prompt}
+        masks = predictor.predict(self.classes, method=p.get("method", "seediff"), config=self.config,
+                                  presence=bool(p.get("presence", True)))
+        return self.save(item, predictor.image, item.data["file_name"], masks) | {"prompt": prompt}
 
 
 def finish(spec: JobSpec, items: Sequence[Item], coco_path: str | os.PathLike) -> dict[str, Any]:

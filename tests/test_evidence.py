@@ -1,0 +1,166 @@
+"""Presence by default (seediff.evidence): features, the fitted model, the predictor's decision, the switches."""
+
+import json
+
+import numpy as np
+import pytest
+
+import seediff
+from seediff.defaults import parse_model_defaults
+from seediff.evidence import (PRESENCE_FEATURES, LogisticModel, PresenceModel, decide, fit_logistic, loo_gains,
+                              loo_prompts)
+from seediff.pipeline import BUILTIN_MODELS
+from seediff.testing.shapes import SHAPES, make_scene
+from seediff.testing.shifted import ShiftedConfig, make_shifted_scene, shifted_split, world_split
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seediff.load_model("builtin:shapes", device="cpu")
+
+
+def test_fit_logistic_separates_and_round_trips():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] + 0.5 * x[:, 2] > 0).astype(float)
+    m = fit_logistic(x, y, PRESENCE_FEATURES)
+    assert ((m.predict(x) > 0.5) == (y > 0.5)).mean() > 0.95
+    again = LogisticModel.from_dict(json.loads(json.dumps(m.to_dict())))
+    np.testing.assert_allclose(again.predict(x), m.predict(x))
+    with pytest.raises(ValueError, match="targets must be in"):
+        fit_logistic(x, y + 1, PRESENCE_FEATURES)
+    with pytest.raises(ValueError, match=r"rows must be \[N, 3\]"):
+        m.logit(x[:, :2])
+
+
+def test_decide_keeps_best_forced_and_threshold():
+    assert decide(["a", "b", "c"], [0.9, 0.1, 0.3], 0.25) == ["a", "c"]
+    assert decide(["a", "b"], [0.1, 0.2], 0.5) == ["b"]  # the best is always kept with two or more classes
+    assert decide(["a"], [0.1], 0.5) == []  # one class: the threshold alone decides
+    assert decide(["a", "b"], [0.9, 0.1], 0.5, forced=["b"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="2 probabilities for 3 classes"):
+        decide(["a", "b", "c"], [0.1, 0.2], 0.5)
+
+
+def test_loo_prompts_and_gains():
+    assert loo_prompts(["circle", "square"]) == ["a photo of a circle and a square", "a photo of a square",
+                                                "a photo of a circle"]
+    assert loo_prompts(["circle"]) == ["a photo of a circle", "a photo of"]
+    assert loo_prompts(["circle"], "{}") == ["a circle", "a photo"]
+    np.testing.assert_allclose(loo_gains([0.5, 0.75, 0.5]), [0.5, 0.0])
+    with pytest.raises(ValueError, match="at least one leave-one-out"):
+        loo_gains([0.5])
+
+
+def test_shipped_presence_model_parses():
+    data = json.loads((BUILTIN_MODELS["builtin:shapes"] / "seediff.json").read_text())
+    defaults = parse_model_defaults(data)
+    assert isinstance(defaults.presence, PresenceModel) and defaults.presence.region is not None
+    bad = dict(data, presence=dict(data["presence"], threshold=1.5))
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
+        parse_model_defaults(bad)
+
+
+def test_predictor_drops_absent_classes_by_default(model):
+    """Ten one-object scenes of the benchmark split, every class asked: the object's class is kept with a good
+    mask, absent classes get no region (a reason instead) in most scenes; presence=False brings them back."""
+    kept_good = clean = 0
+    for seed in range(100_000, 100_010):
+        scene = make_scene(seed, n_objects=1)
+        predictor = seediff.SeeDiffPredictor.from_model(model)
+        predictor.set_image(scene.image, "a photo of a circle and a square and a triangle")
+        out = predictor.predict(list(SHAPES))
+        present = scene.classes[0]
+        mask, truth = out.mask(present), scene.class_mask(present)
+        kept_good += (mask & truth).sum() / (mask | truth).sum() > 0.8
+        assert 0.0 <= out.scores[out.labels.index(present)] <= 1.0
+        absent = [c for c in SHAPES if c != present]
+        clean += not any(out.mask(c).any() for c in absent)
+        assert all("judged absent" in out.reasons[c] for c in absent if not out.mask(c).any() and c in out.reasons)
+    assert kept_good >= 9 and clean >= 8, (kept_good, clean)
+    every = predictor.predict(list(SHAPES), presence=False)  # the switch: every class segmented
+    assert sum(m.any() for m in every.masks) > 1
+
+
+def test_user_points_keep_a_class(model):
+    scene = make_scene(100_003, n_objects=1)
+    absent = next(c for c in SHAPES if c not in scene.classes)
+    predictor = seediff.SeeDiffPredictor.from_model(model)
+    predictor.set_image(scene.image, "a photo of a circle and a square and a triangle")
+    out = predictor.predict(list(SHAPES), points={absent: [(3.5, 3.5, 1)]})
+    assert absent not in out.reasons or "judged absent" not in out.reasons[absent]
+
+
+def test_shifted_world_is_deterministic_and_exact():
+    a, b = make_shifted_scene(800_001), make_shifted_scene(800_001)
+    assert (a.image == b.image).all() and a.caption == b.caption
+    assert a.image.shape == (128, 128, 3) and 1 <= len(a.objects) <= 3
+    assert len(set(a.classes)) == len(a.classes)  # distinct shapes by default
+    for obj, mask in zip(a.objects, a.instance_masks):
+        assert mask.any()
+    assert not (a.instance_masks.sum(0) > 1).any()
+    assert len(shifted_split("dev", 3)) == 3 and len(world_split("test", 2)) == 4
+    with pytest.raises(ValueError, match="split must be one of"):
+        shifted_split("train", 1)
+    with pytest.raises(ValueError, match="objects must satisfy"):
+        ShiftedConfig(objects=(0, 4))
+
+
+def test_label_sets_of_any_size_are_read_in_groups_in_one_call(model, monkeypatch):
+    """100 labels on a 32-token model: the classes are split into prompts that fit, read in one batched UNet
+    call; the shapes present still get their regions, and every label gets a mask or a reason."""
+    calls = []
+    real = seediff.modes.read_photo
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(seediff.modes, "read_photo", counting)
+    words = list(SHAPES) + [f"thing{i}" for i in range(97)]
+    scene = make_scene(200_004, n_objects=2)
+    predictor = seediff.SeeDiffPredictor.from_model(model)
+    predictor.set_image(scene.image)
+    out = predictor.predict(words)
+    assert len(calls) == 1 and isinstance(calls[0], list) and len(calls[0]) > 10  # one batched read of all groups
+    assert out.labels == words and out.masks.shape == (100, 32, 32)
+    assert not (out.masks.sum(0) > 1).any()  # still one label per pixel
+    for c in scene.classes:
+        mask, truth = out.mask(c), scene.class_mask(c)
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.3, c
+    assert all(out.masks[i].any() or w in out.reasons for i, w in enumerate(words))
+
+
+def test_read_photo_with_several_prompts_matches_single_reads(model):
+    scene = make_scene(200_004, n_objects=2)
+    prompts = ["a photo of a circle and a square", "a photo of a triangle"]
+    batched = seediff.read_photo(model.pipe, scene.image, prompts)
+    for i, p in enumerate(prompts):
+        one = seediff.read_photo(model.pipe, scene.image, p).maps
+        got = batched.maps_for(i)
+        assert got.token_ids == one.token_ids and got.image is not None
+        for name in one.cross:
+            np.testing.assert_allclose(got.cross[name].numpy(), one.cross[name].numpy(), atol=1e-4)
+
+
+def test_cli_annotate_presence_switch(tmp_path):
+    """`seediff annotate` decides presence by default (absent shapes get no annotation); --no-presence annotates
+    every class."""
+    from typer.testing import CliRunner
+
+    from seediff.cli import app
+    from seediff.coco import read_coco
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+    for seed in (100_000, 100_001, 100_002):
+        Image.fromarray(make_scene(seed, n_objects=1).image).save(photos / f"s{seed}.png")
+    counts = {}
+    for flag in ("--presence", "--no-presence"):
+        out = tmp_path / f"{flag}.json"
+        r = CliRunner().invoke(app, ["annotate", str(photos), "--classes", *SHAPES, "--out", str(out), "--model",
+                                     "builtin:shapes", "--device", "cpu", "--no-progress", flag])
+        assert r.exit_code == 0, r.output
+        counts[flag] = len(read_coco(out)["annotations"])
+    assert counts["--presence"] <= 4 < counts["--no-presence"], counts  # one object per photo

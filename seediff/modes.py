@@ -43,7 +43,8 @@ class Traced:
     def maps_for(self, i: int) -> AttentionMaps:
         """The attention of image ``i`` alone, with that image attached (for refinement)."""
         one = self.maps.select(i) if self.maps.batch_size > 1 else self.maps
-        one.image = np.asarray(self.images[i].convert("RGB"))
+        shared = self.maps.image is not None and self.images[i] is self.images[0]  # a read: every row, one photo
+        one.image = self.maps.image if shared else np.asarray(self.images[i].convert("RGB"))
         one.original_hw = (self.images[i].height, self.images[i].width)
         return one
 

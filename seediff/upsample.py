@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_labels", "reference_labels", "kernel_kind", "exact_kinds", "BAND_PIXELS"]
+__all__ = ["upsample_labels", "reference_labels", "kernel_kind", "exact_kinds", "share_inside", "BAND_PIXELS",
+           "EXACT_SUM_PIXELS"]
 
 BAND_PIXELS = 1 << 18  # output pixels per band or strip: ~10 MiB of transients, whatever the photo's size
+EXACT_SUM_PIXELS = 1 << 22  # share_inside sums a full-size float map up to this size (bit for bit as before)
 
 
 def reference_labels(labels: torch.Tensor, n: int, hw: tuple[int, int]) -> torch.Tensor:
@@ -133,3 +135,29 @@ def upsample_labels(labels: torch.Tensor, n: int, hw: tuple[int, int]) -> np.nda
     out = np.empty((H, W), dtype)
     (_channels_last if kind == "channels_last" else _generic)(labels, n, (H, W), out)
     return out
+
+
+def share_inside(att: torch.Tensor, mask: np.ndarray, tiny: float) -> float:
+    """Share of ``att`` (``[h, w]``, bilinear to the mask's size, clamped at 0) inside the bool ``mask``.
+
+    Up to :data:`EXACT_SUM_PIXELS` from one full-size float32 map, as it always was; a larger photo's map is made
+    in strips of columns (width pass, then height pass: the same values) and summed in float64 strip by strip,
+    so no full-size float map exists (the sums then differ from one float32 sum by its rounding, ~1e-7)."""
+    H, W = mask.shape
+    att = att.float()
+    if not mask.any():
+        return 0.0
+    if H * W <= EXACT_SUM_PIXELS:
+        a = F.interpolate(att[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].clamp_min(0)
+        a = a.numpy()
+        return float(a[mask].sum() / max(float(a.sum()), tiny))
+    wide = F.interpolate(att[None, None], size=(att.shape[0], W), mode="bilinear", align_corners=False)
+    inside = total = 0.0
+    cols = max(1, BAND_PIXELS // H)
+    for x0 in range(0, W, cols):
+        strip = wide[:, :, :, x0:x0 + cols].contiguous()
+        a = F.interpolate(strip, size=(H, strip.shape[-1]), mode="bilinear", align_corners=False)[0, 0]
+        a = a.clamp_min(0).numpy()
+        total += float(a.sum(dtype=np.float64))
+        inside += float(a[mask[:, x0:x0 + cols]].sum(dtype=np.float64))
+    return float(inside / max(total, tiny))

@@ -54,3 +54,24 @@ def test_same_size_and_bad_input():
     np.testing.assert_array_equal(upsample_labels(labels, 2, (2, 2)), labels.numpy())
     with pytest.raises(ValueError, match=r"labels must be \[h, w\], got shape \(4,\)"):
         upsample_labels(labels.reshape(-1), 2, (4, 4))
+
+
+def test_share_inside_is_the_full_map_share_and_bands_past_the_exact_size(monkeypatch):
+    """Region scores' attention_inside: the old one-map float32 sum up to EXACT_SUM_PIXELS; beyond it the map is
+    made in strips (no full-size float copy) and agrees to float rounding."""
+    import torch.nn.functional as F
+
+    from seediff import upsample
+
+    gen = torch.Generator().manual_seed(0)
+    att = torch.rand(16, 12, generator=gen) - 0.2  # some negative attention, clamped away
+    mask = np.zeros((700, 530), bool)
+    mask[100:400, 50:300] = True
+    full = F.interpolate(att[None, None], size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+    a = full.clamp_min(0).numpy()
+    exact = float(a[mask].sum() / max(float(a.sum()), 1e-6))
+    assert upsample.share_inside(att, mask, 1e-6) == exact
+    assert upsample.share_inside(att, np.zeros_like(mask), 1e-6) == 0.0
+    monkeypatch.setattr(upsample, "EXACT_SUM_PIXELS", 1000)
+    monkeypatch.setattr(upsample, "BAND_PIXELS", 700 * 37)  # strips of 37 columns
+    assert upsample.share_inside(att, mask, 1e-6) == pytest.approx(exact, rel=1e-6)

@@ -176,8 +176,8 @@ def segment_bytes(size: tuple[int, int], classes: int) -> int:
     96 MiB + (classes + 20) per pixel. Per pixel: the fetched photo (4 bytes: PIL keeps RGB in 4), the
     predictor's photo (4) and pixel array (3), the label map (1) and a mask per class (1 each), the largest
     transient, a polygon's half-pixel lattice and OpenCV's copy of it (8 on the mask's bounding box), and the
-    allocator's slack. A bound on bench/hostile.py's calibration rows (a fresh backend per photo of shapes;
-    checked by tests/test_backend_hardening_process.py): 3000×3000 with 5 classes, one mask spanning the photo,
-    grew 32 bytes/pixel, 6000×6000 with 2 classes 13.9."""
+    allocator's slack. A bound on bench/hostile.py's calibration rows (a fresh backend per photo of shapes, from
+    3000×3000 with 5 classes, one mask spanning the photo, to 6000×6000 with 2; results in
+    bench/results/hostile.md; checked by tests/test_backend_hardening_process.py)."""
     w, h = size
     return SEGMENT_FIXED_BYTES + w * h * (classes + 20)

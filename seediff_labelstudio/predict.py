@@ -26,10 +26,17 @@ __all__ = ["PredictOptions", "model_version_for", "read_photo_for", "task_masks"
            "predict_photo"]
 
 
+# Bumped when a release changes what the same settings propose (2: presence decided by default, clicks that
+# follow the hand, one control type per project), so Label Studio retrieves tasks again instead of keeping
+# proposals of the older rules under the same name.
+PROPOSALS_REVISION = 2
+
+
 def model_version_for(model: str, method: str, mode: str, t: int) -> str:
     """A model_version naming what made the predictions (same settings → same version → skipped on rerun)."""
     name = Path(str(model).rstrip("/")).name or str(model)
-    return f"seediff-{slug(name)[:40]}-{method}-{mode}" + (f"-t{t}" if mode == "noise" else "")
+    return (f"seediff-{slug(name)[:40]}-{method}-{mode}" + (f"-t{t}" if mode == "noise" else "")
+            + f"-r{PROPOSALS_REVISION}")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ LABEL_CONFIG = """<View>
     <Label value="Square" predicted_values="square" background="#1e88e5"/>
   </BrushLabels>
 </View>"""
-# Brush only: every region must then be a brush (with both controls the backend picks per mask).
+# Brush only: every region must then be a brush (with both controls the backend answers SEEDIFF_CONTROL, polygons by default).
 BRUSH_CONFIG = """<View>
   <Image name="image" value="$image"/>
   <BrushLabels name="brush" toName="image">

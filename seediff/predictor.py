@@ -38,9 +38,15 @@ def _only(seeds, kept: list[str]):
 def _with_empty(out: ClassMasks, words: list[str], reasons: dict[str, str]) -> ClassMasks:
     """``out`` extended to every word in ``words`` order: the words it lacks get an empty mask and a reason."""
     h, w = out.masks.shape[1:]
-    masks = [out.masks[out.labels.index(c)] if c in out.labels else np.zeros((h, w), dtype=bool) for c in words]
     scores = [out.scores[out.labels.index(c)] if c in out.labels else 0.0 for c in words]
-    return dataclasses.replace(out, labels=words, masks=np.stack(masks), scores=np.asarray(scores, np.float32),
+    if list(out.labels) == list(words):  # every word segmented: no second copy of the masks
+        masks = out.masks
+    else:
+        masks = np.zeros((len(words), h, w), dtype=bool)
+        for i, c in enumerate(words):
+            if c in out.labels:
+                masks[i] = out.masks[out.labels.index(c)]
+    return dataclasses.replace(out, labels=words, masks=masks, scores=np.asarray(scores, np.float32),
                                reasons={**out.reasons, **reasons})
 
 
@@ -265,7 +271,8 @@ class SeeDiffPredictor:
         if not live:
             return out
         scores = np.asarray(out.scores, np.float32).copy()
-        rows = region_rows(maps, out.masks[live], [out.labels[i] for i in live], logits, model.level)
+        masks = out.masks if live == list(range(len(out.labels))) else out.masks[live]  # no copy when all live
+        rows = region_rows(maps, masks, [out.labels[i] for i in live], logits, model.level)
         scores[live] = model.region.predict(rows)
         return dataclasses.replace(out, scores=scores)
 

@@ -108,7 +108,7 @@ class Settings:
     max_tasks_per_request: int = 10_000  # SEEDIFF_MAX_TASKS
     cache_images: int = 4  # SEEDIFF_CACHE_IMAGES: images whose attention is kept for repeated queries (0: none)
     cache_bytes: int = 256 * 2**20  # SEEDIFF_CACHE_BYTES: bytes those cached images + attention may hold in all
-    max_task_bytes: int = 640 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
+    max_task_bytes: int = 896 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
     max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body (bytes read, chunked or not)
     max_json_values: int = 2_000_000  # SEEDIFF_MAX_JSON_VALUES in a request body (bounds its parse time, memory)
     max_config_bytes: int = 256 * 2**10  # SEEDIFF_MAX_CONFIG_BYTES of a labeling config (/setup, /predict)
@@ -207,7 +207,7 @@ class Settings:
             max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 10_000),
             cache_images=_int(env, "SEEDIFF_CACHE_IMAGES", 4, lo=0),
             cache_bytes=_int(env, "SEEDIFF_CACHE_BYTES", 256 * 2**20, lo=0),
-            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 640 * 2**20),
+            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 896 * 2**20),
             max_body_bytes=_int(env, "SEEDIFF_MAX_BODY_BYTES", 64 * 2**20),
             max_json_values=_int(env, "SEEDIFF_MAX_JSON_VALUES", 2_000_000),
             max_config_bytes=_int(env, "SEEDIFF_MAX_CONFIG_BYTES", 256 * 2**10),

@@ -49,6 +49,35 @@ def grey_png(path: Path, w: int, h: int, value: int = 128, bits: int = 8) -> Pat
     return path
 
 
+def shapes_png(path: Path, w: int, h: int) -> Path:
+    """A w×h RGB PNG written row by row: a red disc (left) and a blue square (right) on grey, each about a fifth
+    of the photo, so the masks, their polygons and every full-size step are as large as real photos make them."""
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    r = min(w, h) // 4
+    cx, cy, side = w // 4, h // 2, int(1.6 * r)
+    x0, y0 = 3 * w // 4 - side // 2, h // 2 - side // 2
+    z, rows = zlib.compressobj(6), []
+    for y in range(h):
+        row = bytearray(b"\x80" * (3 * w))
+        dy = y - cy
+        if abs(dy) < r:
+            half = int((r * r - dy * dy) ** 0.5)
+            row[3 * (cx - half):3 * (cx + half)] = b"\xdc\x1e\x1e" * (2 * half)
+        if y0 <= y < y0 + side:
+            row[3 * x0:3 * (x0 + side)] = b"\x1e\x3c\xe6" * side
+        rows.append(z.compress(b"\x00" + bytes(row)))
+    raw = b"".join(rows) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+# (width, height, classes): each read and segmented by a fresh backend, so its peak RSS growth over the RSS
+# after start is what one task costs (in a process that ran tasks before, freed memory is reused and hides it)
+CALIBRATIONS = ((3000, 3000, 1), (3000, 3000, 2), (3000, 3000, 5), (6000, 4000, 3), (6000, 6000, 2))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,8 +147,6 @@ def attacks(url: str, root: Path, host: HostileHost, fetch_timeout: float) -> li
                          "big0": (4000, 4000)}.items():
         grey_png(root / f"{name}.png", w, h)
     grey_png(root / "big1.png", 4000, 4000, value=60)
-    for n in (1, 2, 5):
-        grey_png(root / f"calib{n}.png", 3000, 3000, value=40 * n)
     grey_png(root / "deep.png", 1024, 768, value=200, bits=16)
     host.encoded("/gzip2.png", gzip_of_zeros(2**30, layers=2), "gzip, gzip")
     host.encoded("/gzip1.png", gzip_of_zeros(2**30), "gzip")
@@ -171,10 +198,7 @@ def attacks(url: str, root: Path, host: HostileHost, fetch_timeout: float) -> li
         r = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=60)
         return f"HTTP {r.status_code}"
 
-    calib = [(f"PNG 3000×3000, {n} class{'es' if n > 1 else ''} (calibration)",
-              lambda n=n: _outcome(_predict(url, [str(root / f"calib{n}.png")], config=_config(n))))
-             for n in (1, 2, 5)]
-    return calib + [
+    return [
         ("PNG 20000×1", lambda: _outcome(_predict(url, [str(root / "wide.png")]))),
         ("PNG 1×100000", lambda: _outcome(_predict(url, [str(root / "tall.png")]))),
         ("PNG 100000×1", lambda: _outcome(_predict(url, [str(root / "long.png")]))),
@@ -196,6 +220,58 @@ def attacks(url: str, root: Path, host: HostileHost, fetch_timeout: float) -> li
     ]
 
 
+def _start(cmd: list[str], env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """A backend process on a free port, once /health answers 200; (process, base URL)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            raise SystemExit(f"backend did not start: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def calibrate(cmd: list[str], env: dict, root: Path, w: int, h: int, classes: int) -> dict:
+    """One photo of shapes read and segmented by a fresh backend: its peak RSS and growth per pixel over the RSS
+    after start, next to the guard's estimate (``limits.segment_bytes``)."""
+    from seediff_labelstudio.limits import segment_bytes
+
+    photo = shapes_png(root / f"shapes{w}x{h}.png", w, h)
+    proc, url = _start(cmd, env, root / f"calibration{w}x{h}x{classes}.log")
+    try:
+        base = _status(proc.pid, "VmRSS")
+        t0 = time.monotonic()
+        out = _outcome(_predict(url, [str(photo)], config=_config(classes)))
+        wall = time.monotonic() - t0
+        peak = _status(proc.pid, "VmHWM")
+    finally:
+        _stop(proc)
+    per_pixel = round((peak - base) * 2**20 / (w * h), 1)
+    estimate = segment_bytes((w, h), classes) / (w * h)
+    return {"attack": f"PNG {w}×{h} of shapes, {classes} class{'es' if classes > 1 else ''}, fresh process "
+                      "(calibration)",
+            "outcome": f"{out}, {per_pixel} bytes/pixel (guard's estimate {estimate:.1f})", "wall_s": round(wall, 2),
+            "peak_rss_mib": peak, "rss_before_mib": base, "health_worst_s": 0.0, "health_probes": 0,
+            "health_over_1s": 0, "bytes_per_pixel": per_pixel, "estimate_bytes_per_pixel": estimate,
+            "width": w, "height": h, "classes": classes}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="markdown section to write")
@@ -203,30 +279,19 @@ def main() -> None:
     ap.add_argument("--fetch-timeout", type=float, default=5.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="seediff-hostile-"))
-    host = HostileHost()
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SEEDIFF_", "LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.update(HF_HUB_OFFLINE="1", SEEDIFF_MODEL="builtin:shapes", SEEDIFF_DEVICE="cpu",
                SEEDIFF_ALLOWED_ROOTS=str(tmp), SEEDIFF_ALLOWED_PRIVATE_HOSTS="127.0.0.1",
                SEEDIFF_FETCH_TIMEOUT=str(args.fetch_timeout), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"))
     script = Path(sys.executable).with_name("seediff-labelstudio")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "seediff_labelstudio.server"]
-    log = (tmp / "backend.log").open("w")
-    proc = subprocess.Popen(cmd + ["--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
     rows = []
+    for w, h, classes in CALIBRATIONS:
+        rows.append(calibrate(cmd, env, tmp, w, h, classes))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    host = HostileHost()
+    proc, url = _start(cmd, env, tmp / "backend.log")
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"backend did not start: {(tmp / 'backend.log').read_text()[-2000:]}")
-            time.sleep(0.5)
         base = _status(proc.pid, "VmRSS")
         for name, attack in attacks(url, tmp, host, args.fetch_timeout):
             before = _status(proc.pid, "VmRSS")
@@ -239,9 +304,6 @@ def main() -> None:
             if isinstance(out, tuple):
                 out, extra = out
             peak = _status(proc.pid, "VmHWM")
-            if "calibration" in name:
-                extra["bytes_per_pixel"] = round((peak - before) * 2**20 / 9e6, 1)
-                out += f", {extra['bytes_per_pixel']} bytes/pixel"
             row = {"attack": name, "outcome": out, "wall_s": round(wall, 2), "peak_rss_mib": peak,
                    "rss_before_mib": before,
                    "rss_after_mib": _status(proc.pid, "VmRSS"), "health_worst_s": round(probe.worst, 3),
@@ -249,14 +311,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         host.close()
     result = {"base_rss_mib": base, "rows": rows, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "log_tracebacks": (tmp / "backend.log").read_text().count("Traceback"),
+              "log_tracebacks": sum(log.read_text().count("Traceback") for log in tmp.glob("*.log")),
               "log_tail": (tmp / "backend.log").read_text()[-4000:]}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
@@ -264,11 +322,13 @@ def main() -> None:
              "builtin:shapes on CPU, "
              f"SEEDIFF_FETCH_TIMEOUT={args.fetch_timeout:g} s, other settings at their defaults. Backend RSS after "
              f"start: {base} MiB. Peak RSS is the process's VmHWM, reset before each attack; /health is asked every "
-             "50 ms throughout (Label Studio waits 1 s).", "",
+             "50 ms throughout (Label Studio waits 1 s). Calibration rows: a fresh backend per photo, its growth "
+             "over the RSS after start per pixel, next to the SEEDIFF_MAX_TASK_BYTES guard's estimate.", "",
              "| attack | outcome | wall s | peak RSS MiB | /health worst ms (probes, > 1 s) |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['attack']} | {r['outcome']} | {r['wall_s']:.1f} | {r['peak_rss_mib']} | "
-                     f"{1000 * r['health_worst_s']:.0f} ({r['health_probes']}, {r['health_over_1s']}) |")
+        health = f"{1000 * r['health_worst_s']:.0f} ({r['health_probes']}, {r['health_over_1s']})" \
+            if "calibration" not in r["attack"] else "—"
+        lines.append(f"| {r['attack']} | {r['outcome']} | {r['wall_s']:.1f} | {r['peak_rss_mib']} | {health} |")
     text = "\n".join(lines) + "\n"
     if args.out:
         args.out.write_text(text)

@@ -655,6 +655,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     text += clicks_section
     if sweeps:
         text += ["## Sweeps (dev split)", ""] + sweeps
+    calibration = Path(__file__).parent / "results" / "calibration.md"  # bench/calibration.py's latest run
+    if calibration.is_file():
+        text += ["## Calibration from annotations (bench/calibration.py)", "", calibration.read_text().rstrip(), ""]
     if args.notes:
         text += [args.notes.read_text().rstrip(), ""]
     report = "\n".join(text)

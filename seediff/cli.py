@@ -1,4 +1,4 @@
-"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, show.
+"""The ``seediff`` command: synthesize, annotate, evaluate, convert, preannotate, calibrate, show.
 
 Long work shows a progress bar (stderr); user errors print one ``error: …`` line and exit 2 (no traceback;
 set ``SEEDIFF_DEBUG=1`` for one); an output that cannot be written (disk full, permission denied) prints one
@@ -18,6 +18,9 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from typer.core import TyperGroup
+
+from .cli_calibrate import EPILOG, CalibrationOpt, calibrate, calibration_params
+from .cli_convert import COCO2LS_EPILOG, LS2COCO_EPILOG, coco2ls, ls2coco
 
 __all__ = ["app", "main", "expand_multi"]
 
@@ -149,6 +152,7 @@ RayAddressOpt = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="
 WorkersOpt = typer.Option(None, "--workers", min=1, help="Ray actors (default: one per GPU, or all CPUs but one).")
 BatchOpt = typer.Option(1, "--batch-size", min=1, help="Items per Ray batch.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar.")
+app.command("calibrate", epilog=EPILOG)(_user_errors(calibrate))  # seediff/cli_calibrate.py
 
 
 @app.command(epilog="Example:  seediff synthesize --classes dog cat --per-class 10 --prompt 'a photo of a {}' --out data/")
@@ -203,7 +207,7 @@ def annotate(
     model: str = ModelOpt, device: Optional[str] = DeviceOpt, dtype: Optional[str] = DtypeOpt,
     seed: int = SeedOpt, method: str = MethodOpt, threads: int = ThreadsOpt, executor: str = ExecutorOpt,
     ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt, batch_size: int = BatchOpt,
-    progress: bool = ProgressOpt, presence: bool = PresenceOpt,
+    progress: bool = ProgressOpt, presence: bool = PresenceOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Segment every image of a folder (photo mode) into one COCO file. Resumable: rerun to finish."""
     from .jobs import annotate_spec, finish, plan_annotate, run_job
@@ -214,7 +218,7 @@ def annotate(
     items = plan_annotate(images_dir, seed)
     params = dict(model=model, device=device, dtype=dtype, classes=names, prompt=prompt, seed=seed, mode=mode,
                   t=t, steps=steps, strength=strength, method=method, threads=threads, presence=presence,
-                  images_dir=str(Path(images_dir).resolve()))
+                  images_dir=str(Path(images_dir).resolve()), calibration=calibration_params(calibration))
     spec = annotate_spec(work_dir or out.with_name(out.name + ".work"), params)
     report = run_job(spec, items, _executor(executor, ray_address, workers, batch_size), progress=progress,
                      desc="annotate")
@@ -248,81 +252,8 @@ def evaluate(
             typer.echo(format_table(result), nl=False)
 
 
-def _read_text(path: Path | None) -> str | None:
-    return None if path is None else Path(path).read_text(encoding="utf-8")
-
-
-def _warn_issues(issues) -> None:
-    for issue in issues:
-        typer.echo(f"warning: {issue}", err=True)
-
-
-def _nothing_converted(export: Path, source: str) -> str:
-    """Why an export gave no COCO objects, with the --from that would convert something (for the error line)."""
-    tasks = json.loads(Path(export).read_text(encoding="utf-8"))
-    tasks = [tasks] if isinstance(tasks, dict) else tasks if isinstance(tasks, list) else []
-    have = {key: sum(1 for t in tasks if isinstance(t, dict) and t.get(key)) for key in ("annotations", "predictions")}
-    other = "predictions" if source == "annotations" else "annotations"
-    hint = f"; {have[other]} have {other}: add --from {other}" if have[other] else ""
-    return (f"nothing to convert: no task of {export} has usable {source} ({have[source]} of {len(tasks)} have "
-            f"any{hint}); nothing written")
-
-
-@convert_app.command("ls2coco", epilog="Example:  seediff convert ls2coco export.json --config config.xml --out coco.json")
-@_user_errors
-def ls2coco(
-    export: Path = typer.Argument(..., help="Label Studio JSON export (list of tasks)."),
-    out: Path = typer.Option(..., "--out", help="COCO file to write."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Labeling config XML (fixes category ids)."),
-    keep: str = typer.Option("latest", "--keep", help="latest or all annotations per task."),
-    segmentation: str = typer.Option("auto", "--segmentation", help="auto, polygons or rle."),
-    source: str = typer.Option("annotations", "--from",
-                               help="annotations (what annotators saved) or predictions (e.g. seediff's proposals)."),
-) -> None:
-    """Label Studio export → COCO; skipped regions are listed as warnings; an export with nothing to convert
-    is an error (exit 2), not an empty file."""
-    from .coco import write_coco
-    from .jobs.store import writing
-    from .lsexport import ls_to_coco
-
-    if source not in ("annotations", "predictions"):
-        raise UserError(f"--from must be annotations or predictions, got {source!r}")
-    dataset, issues = ls_to_coco(str(export), config=_read_text(config), keep=keep, segmentation=segmentation,
-                                 source=source)
-    _warn_issues(issues)
-    if not dataset["images"]:
-        raise UserError(_nothing_converted(export, source))
-    if not dataset["annotations"]:
-        typer.echo(f"warning: {len(dataset['images'])} images but no regions in their {source}", err=True)
-    with writing(out):
-        write_coco(out, dataset)
-    typer.echo(f"wrote {out}: {len(dataset['images'])} images, {len(dataset['annotations'])} annotations"
-               f"{f', {len(issues)} issues' if issues else ''}")
-
-
-@convert_app.command("coco2ls", epilog="Example:  seediff convert coco2ls coco.json --config config.xml --out tasks.json")
-@_user_errors
-def coco2ls(
-    coco: Path = typer.Argument(..., help="COCO file."),
-    out: Path = typer.Option(..., "--out", help="Label Studio tasks JSON to write (import it in a project)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Labeling config XML (control names, labels)."),
-    model_version: str = typer.Option("seediff", "--model-version", help="Prediction model_version."),
-    image_prefix: str = typer.Option("", "--image-prefix", help="Prepended to file_name for data.image (e.g. /data/local-files/?d=)."),
-) -> None:
-    """COCO → Label Studio tasks with predictions."""
-    from .coco import read_coco, write_json
-    from .jobs.store import writing
-    from .lsexport import coco_to_ls
-
-    tasks, issues = coco_to_ls(read_coco(coco), config=_read_text(config), model_version=model_version)
-    if image_prefix:
-        for task in tasks:
-            key = next(iter(task["data"]))
-            task["data"][key] = image_prefix + str(task["data"][key])
-    _warn_issues(issues)
-    with writing(out):
-        write_json(out, tasks)
-    typer.echo(f"wrote {out}: {len(tasks)} tasks{f', {len(issues)} issues' if issues else ''}")
+convert_app.command("ls2coco", epilog=LS2COCO_EPILOG)(_user_errors(ls2coco))  # seediff/cli_convert.py
+convert_app.command("coco2ls", epilog=COCO2LS_EPILOG)(_user_errors(coco2ls))
 
 
 @app.command(epilog="Example:  seediff preannotate --url http://localhost:8080 --api-key $LABEL_STUDIO_API_KEY --project 3")
@@ -345,7 +276,7 @@ def preannotate(
     page_size: int = typer.Option(100, "--page-size", min=1, help="Tasks fetched per page."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Per-task results kept for resuming (default: ./seediff-preannotate-<project>/)."),
     executor: str = ExecutorOpt, ray_address: Optional[str] = RayAddressOpt, workers: Optional[int] = WorkersOpt,
-    batch_size: int = BatchOpt, progress: bool = ProgressOpt,
+    batch_size: int = BatchOpt, progress: bool = ProgressOpt, calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Pre-annotate a whole Label Studio project in batches (skips tasks already predicted by this model version)."""
     _check_method(method, mode)
@@ -359,8 +290,7 @@ def preannotate(
         model_version=model_version, mode=mode, t=t, seed=seed, method=method, threads=threads, batch=batch,
         page_size=page_size, work_dir=work_dir, executor=_executor(executor, ray_address, workers, batch_size),
         progress=progress, prompt_template=prompt, steps=steps, drop_absent=drop_absent, control=control,
-        presence=presence,
-    )
+        presence=presence, calibration=calibration_params(calibration))
     typer.echo(summary.describe())
     if summary.failed:
         raise typer.Exit(1)

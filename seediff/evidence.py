@@ -31,7 +31,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .upsample import share_inside
 
 __all__ = [
     "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
@@ -256,13 +257,10 @@ def region_rows(maps, masks: np.ndarray, labels: Sequence[str], logits: Mapping[
     m = np.asarray(masks, dtype=bool)
     if m.ndim != 3 or len(m) != len(labels):
         raise ValueError(f"masks must be [N, H, W] for {len(labels)} labels, got {m.shape}")
-    hw = m.shape[1:]
     kept = max(1, int(m.reshape(len(m), -1).any(1).sum()))
     rows = []
     for mask, word in zip(m, labels):
-        a = maps.cross_maps(word, level, batch).float().mean(0)
-        a = F.interpolate(a[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].clamp_min(0).numpy()
-        inside = float(a[mask].sum() / max(float(a.sum()), _TINY)) if mask.any() else 0.0
+        inside = share_inside(maps.cross_maps(word, level, batch).float().mean(0), mask, _TINY)  # full size, banded
         rows.append((float(logits[word]), inside, float(mask.mean()), float(np.log(kept))))
     return np.asarray(rows, dtype=np.float64).reshape(len(m), 4)
 

@@ -22,8 +22,8 @@ from .capture import AttentionMaps, CaptureConfig, trace
 from .conditioning import noise_scheduler, predicted_noise, unet_conditioning
 from .prompts import check_prompt
 
-__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "encode_photo", "PHOTO_MODES",
-           "MAX_ASPECT"]
+__all__ = ["Traced", "generate", "read_photo", "photo_size", "input_size", "as_rgb", "rgb_array", "encode_photo",
+           "PHOTO_MODES", "MAX_ASPECT"]
 
 PHOTO_MODES = ("noise", "denoise", "invert")
 
@@ -43,7 +43,8 @@ class Traced:
     def maps_for(self, i: int) -> AttentionMaps:
         """The attention of image ``i`` alone, with that image attached (for refinement)."""
         one = self.maps.select(i) if self.maps.batch_size > 1 else self.maps
-        one.image = np.asarray(self.images[i].convert("RGB"))
+        shared = self.maps.image is not None and self.images[i] is self.images[0]  # a read: every row, one photo
+        one.image = self.maps.image if shared else np.asarray(self.images[i].convert("RGB"))
         one.original_hw = (self.images[i].height, self.images[i].width)
         return one
 
@@ -98,6 +99,15 @@ def as_rgb(image: Image.Image | np.ndarray | str) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     raise TypeError(f"image must be a PIL image, a uint8 array or a path, got {type(image).__name__}")
+
+
+def rgb_array(rgb: Image.Image, rows: int = 256) -> np.ndarray:
+    """HxWx3 uint8 pixels of an RGB image, copied a band of rows at a time (``np.asarray`` of a large photo holds
+    a second full-size copy while it converts)."""
+    out = np.empty((rgb.height, rgb.width, 3), np.uint8)
+    for y in range(0, rgb.height, rows):
+        out[y:y + rows] = np.asarray(rgb.crop((0, y, rgb.width, min(rgb.height, y + rows))))
+    return out
 
 
 @torch.no_grad()
@@ -193,7 +203,7 @@ def read_photo(
         raise ValueError(f"strength must be in (0, 1], got {strength}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    rgb = as_rgb(image)
+    rgb = image if isinstance(image, Image.Image) and image.mode == "RGB" else as_rgb(image)  # read, not copied
     size = input_size(pipe, (rgb.height, rgb.width), resolution)
     latents = encode_photo(pipe, rgb, size)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -230,7 +240,7 @@ def read_photo(
     maps.meta["final_latents"] = x if mode != "noise" else None
     maps.meta["noise_errors"] = errors if mode == "noise" else None
     maps.mode = mode
-    maps.image = np.asarray(rgb)
+    maps.image = rgb_array(rgb)
     maps.original_hw = (rgb.height, rgb.width)
     maps.meta.update(t=t if mode == "noise" else None, steps=len(timesteps), strength=strength, seed=int(seed),
                      prompts=prompts, image_hw=size, timesteps=timesteps)

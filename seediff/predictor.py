@@ -10,7 +10,7 @@ prompt is read once and kept.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -38,9 +38,15 @@ def _only(seeds, kept: list[str]):
 def _with_empty(out: ClassMasks, words: list[str], reasons: dict[str, str]) -> ClassMasks:
     """``out`` extended to every word in ``words`` order: the words it lacks get an empty mask and a reason."""
     h, w = out.masks.shape[1:]
-    masks = [out.masks[out.labels.index(c)] if c in out.labels else np.zeros((h, w), dtype=bool) for c in words]
     scores = [out.scores[out.labels.index(c)] if c in out.labels else 0.0 for c in words]
-    return dataclasses.replace(out, labels=words, masks=np.stack(masks), scores=np.asarray(scores, np.float32),
+    if list(out.labels) == list(words):  # every word segmented: no second copy of the masks
+        masks = out.masks
+    else:
+        masks = np.zeros((len(words), h, w), dtype=bool)
+        for i, c in enumerate(words):
+            if c in out.labels:
+                masks[i] = out.masks[out.labels.index(c)]
+    return dataclasses.replace(out, labels=words, masks=masks, scores=np.asarray(scores, np.float32),
                                reasons={**out.reasons, **reasons})
 
 
@@ -192,6 +198,7 @@ class SeeDiffPredictor:
         config=None,
         drop_absent: bool = False,
         presence: bool = True,
+        presence_thresholds: Mapping[str, float] | None = None,
     ) -> ClassMasks:
         """Masks for ``classes`` on the current image; see :func:`seediff.segment.segment` for the arguments.
 
@@ -199,7 +206,9 @@ class SeeDiffPredictor:
         (:mod:`seediff.evidence`: the read's own cross-attention plus one batched UNet call of K + 1 prompt rows,
         once per class list) and segment only those; a class judged absent gets an empty mask and a reason, and
         with a fitted region model (the model's ``seediff.json``) each region's score estimates its IoU. Classes
-        with user points or boxes are always kept. ``presence=False`` segments every class. ``drop_absent``: the
+        with user points or boxes are always kept. ``presence_thresholds``: per-class P(present) thresholds
+        instead of the model's (a project's calibration, :mod:`seediff.calibrate`). ``presence=False`` segments
+        every class. ``drop_absent``: the
         slower diffusion-classifier test (:mod:`seediff.presence`, 6 UNet calls) decides instead. ``config``
         None: the model's (``defaults.config(method)``). A photo set without a prompt whose classes do not fit
         one prompt is read once per group of classes that fits (:func:`seediff.prompts.split_vocabulary`);
@@ -222,7 +231,7 @@ class SeeDiffPredictor:
             reasons = {c: f"absent by the presence test (score {scores[c]:.4g})" for c in words if c not in present}
         elif presence and self._photo is not None:
             logits = self.presence_logits(words, groups)
-            reasons = self._absent(words, logits, seeded)
+            reasons = self._absent(words, logits, seeded, presence_thresholds or {})
         else:
             reasons = {}
         kept = [c for c in words if c not in reasons or c in seeded]
@@ -239,15 +248,19 @@ class SeeDiffPredictor:
             method=method, config=config)
         return _with_empty(merged, words, {c: r for c, r in reasons.items() if c not in kept})
 
-    def _absent(self, words: list[str], logits: dict[str, float], seeded: set[str]) -> dict[str, str]:
-        """Reasons for the classes the presence decision drops (classes without logits are never dropped)."""
+    def _absent(self, words: list[str], logits: dict[str, float], seeded: set[str],
+                thresholds: Mapping[str, float]) -> dict[str, str]:
+        """Reasons for the classes the presence decision drops (classes without logits are never dropped);
+        ``thresholds``: per-class thresholds replacing the model's."""
         model = self.defaults.presence
-        threshold = model.threshold if model is not None else 0.5
+        default = model.threshold if model is not None else 0.5
         keep_best = model.keep_best if model is not None else True
         judged = [c for c in words if c in logits]
         probs = {c: 1.0 / (1.0 + float(np.exp(-np.clip(logits[c], -50, 50)))) for c in judged}
-        kept = set(decide(judged, [probs[c] for c in judged], threshold, keep_best, sorted(seeded)))
-        return {c: f"judged absent (P(present) {probs[c]:.2f} <= {threshold:.2f})" for c in judged if c not in kept}
+        kept = set(decide(judged, [probs[c] for c in judged], 1.0, keep_best, sorted(seeded)))  # best + seeded
+        kept |= {c for c in judged if probs[c] > thresholds.get(c, default)}
+        return {c: f"judged absent (P(present) {probs[c]:.2f} <= {thresholds.get(c, default):.2f})"
+                for c in judged if c not in kept}
 
     def _region_scores(self, out: ClassMasks, maps: AttentionMaps, logits: dict[str, float]) -> ClassMasks:
         """``out`` with each non-empty region's score replaced by the model's IoU estimate (if it ships one)."""
@@ -258,7 +271,8 @@ class SeeDiffPredictor:
         if not live:
             return out
         scores = np.asarray(out.scores, np.float32).copy()
-        rows = region_rows(maps, out.masks[live], [out.labels[i] for i in live], logits, model.level)
+        masks = out.masks if live == list(range(len(out.labels))) else out.masks[live]  # no copy when all live
+        rows = region_rows(maps, masks, [out.labels[i] for i in live], logits, model.level)
         scores[live] = model.region.predict(rows)
         return dataclasses.replace(out, scores=scores)
 

@@ -1,8 +1,9 @@
 """segment(maps, classes, method) → ClassMasks: any mask method (``seediff.methods``) behind one generic loop.
 
 Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → the
-method's allowed pixels (boxes) cut the maps → exclusive labels (argmax with a background channel) → the method's refinement → resize to the
-image size. A class whose word is absent or whose maps are flat gets an empty mask and a reason.
+method's allowed pixels (boxes) cut the maps → exclusive labels (argmax with a background channel) → the method's
+refinement → resize to the image size (in bands, about one byte per pixel: :mod:`seediff.upsample`). A class
+whose word is absent or whose maps are flat gets an empty mask and a reason.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .capture import AttentionMaps
-from .masks import ClassMasks, assign_labels, class_scores, one_hot, resize_stack
+from .masks import ClassMasks, assign_labels, class_scores
 from .methods import METHODS, get_method
 from .prompts import check_classes
 from .seeds import user_prompts
+from .upsample import upsample_labels
 
 __all__ = ["segment", "output_hw", "working_hw", "model_side", "as_fp32"]
 
@@ -116,10 +119,12 @@ def segment(
         candidates = [bool((probs[i] > thresholds[i]).any()) for i in range(len(classes))]
         notes: list[str] = []
         labels = mask_method.refine(maps, labels, len(classes), config, hw, boxes_px, cache, notes)
-        stack = resize_stack(one_hot(labels, len(classes)), out_hw)
-        final = stack.argmax(0)
+        final = upsample_labels(labels, len(classes), out_hw)  # ~1 byte per pixel at the photo's size
         scores = class_scores(probs, labels)
-    masks = (final[None] == torch.arange(1, len(classes) + 1)[:, None, None]).numpy()
+    masks = np.empty((len(classes), *final.shape), dtype=bool)
+    for i in range(len(classes)):
+        np.equal(final, i + 1, out=masks[i])
+    del final
     for i, c in enumerate(classes):
         if not masks[i].any() and c not in reasons:
             reasons[c] = (f"{c!r} lost every pixel to other classes" if candidates[i]

@@ -126,7 +126,7 @@ def plan_results(plan: LabelPlan, masks, size: tuple[int, int], control: str = "
         parts = [by_word[w] for w in words if w in by_word]
         if not parts:
             continue
-        mask = np.logical_or.reduce([m for m, _ in parts])
+        mask = parts[0][0] if len(parts) == 1 else np.logical_or.reduce([m for m, _ in parts])  # no copy of one
         areas = np.array([m.sum() for m, _ in parts], float)  # words with empty masks do not dilute the score
         score = float(np.dot(areas, [s for _, s in parts]) / areas.sum()) if areas.sum() else 0.0
         groups.setdefault(pick_control(plan.targets(label), control), []).append((label, mask, score))

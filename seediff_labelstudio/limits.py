@@ -14,7 +14,7 @@ from typing import Any, Callable, Generic, Hashable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["BoundedLRU", "held_bytes", "parse_json", "TooManyValues", "segment_bytes"]
+__all__ = ["BoundedLRU", "held_bytes", "parse_json", "TooManyValues", "segment_bytes", "SEGMENT_FIXED_BYTES"]
 
 V = TypeVar("V")
 
@@ -168,9 +168,16 @@ def parse_json(body: bytes, max_values: int) -> Any:
             gc.enable()
 
 
+SEGMENT_FIXED_BYTES = 96 * 2**20  # bands, probes and allocator slack, whatever the photo's size
+
+
 def segment_bytes(size: tuple[int, int], classes: int) -> int:
     """Bytes one task needs to be read and segmented at its full size, predictor copies and transients included:
-    (8·classes + 24) per pixel. Measured on builtin:shapes with bench/hostile.py (peak RSS growth per pixel of a
-    3000×3000 task: 1 class ≈ 30, 2 ≈ 37, 5 ≈ 61; the class stack resized to the photo dominates)."""
+    96 MiB + (classes + 20) per pixel. Per pixel: the fetched photo (4 bytes: PIL keeps RGB in 4), the
+    predictor's photo (4) and pixel array (3), the label map (1) and a mask per class (1 each), the largest
+    transient, a polygon's half-pixel lattice and OpenCV's copy of it (8 on the mask's bounding box), and the
+    allocator's slack. A bound on bench/hostile.py's calibration rows (a fresh backend per photo of shapes, from
+    3000×3000 with 5 classes, one mask spanning the photo, to 6000×6000 with 2; results in
+    bench/results/hostile.md; checked by tests/test_backend_hardening_process.py)."""
     w, h = size
-    return w * h * (8 * classes + 24)
+    return SEGMENT_FIXED_BYTES + w * h * (classes + 20)

@@ -5,6 +5,7 @@ Knows nothing of HTTP; knows nothing of attention either (that is ``seediff``'s 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -123,7 +124,8 @@ class SeeDiffModel:
         self._predictors: BoundedLRU = BoundedLRU(settings.cache_images, settings.cache_bytes)
         self.metrics: dict[str, float] = defaultdict(float)
         self._metrics_lock = threading.Lock()
-        self.model_version = self.options.model_version
+        self.model_version = self.options.model_version  # without a project's calibration
+        self.calibrations = None  # set by the app: .for_project(project) → seediff.calibrate.Calibration | None
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -192,19 +194,42 @@ class SeeDiffModel:
         """
         return {"result": [], "score": 0.0, "model_version": self.model_version} if interactive else []
 
+    def options_for(self, project: str | int | None) -> PredictOptions:
+        """The prediction options of a project: the backend's, with the project's calibration if it has one."""
+        cal = self.calibrations.for_project(project) if self.calibrations is not None else None
+        return dataclasses.replace(self.options, calibration=cal) if cal is not None else self.options
+
+    def version_for(self, project: str | int | None) -> str:
+        """The model_version of a project's predictions (with its calibration's suffix)."""
+        return self.options_for(project).model_version
+
+    def read_task(self, task: Mapping[str, Any], plan: LabelPlan, api_key: str | None = None):
+        """(predictor holding the task's image read with every class word, image (width, height)): the UNet part
+        of a prediction, for learning from an annotated task (:mod:`.learn`)."""
+        ref = task.get("data", {}).get(plan.data_key) if isinstance(task.get("data"), Mapping) else None
+        if ref is None:
+            raise ValueError(f"task data has no {plan.data_key!r}")
+        image = self.fetcher.fetch(ref, api_key)
+        with self._lock:
+            predictor = read_photo_for(self.loaded, image, plan.classes, self.options)
+            self.count(unet_reads=1)
+        return predictor, (image.width, image.height)
+
     def predict(self, tasks: Sequence[Any], label_config: str, context: Mapping[str, Any] | None = None,
-                api_key: str | None = None, deadline: float | None = None) -> list[dict | list]:
+                api_key: str | None = None, deadline: float | None = None,
+                project: str | int | None = None) -> list[dict | list]:
         """One entry per task, in order; a task that fails (or is not reached before ``deadline``, a
         ``time.monotonic()`` value) gets an empty entry and a logged reason naming it; the batch goes on."""
         if not self.ready:
             raise RuntimeError(f"model not loaded: {self.error or 'still loading'}")
         plan = label_plan(label_config)
         interactive = bool(context)
+        options = self.options_for(project)
         out: list[dict | list] = []
         for i, task in enumerate(tasks):
             task_id = task.get("id") if isinstance(task, Mapping) else None
             try:
-                out.append(self.predict_task(task, plan, context, api_key, deadline))
+                out.append(self.predict_task(task, plan, context, api_key, deadline, options))
                 self.count(tasks=1)
             except TimeoutError:
                 left = len(tasks) - i
@@ -225,14 +250,16 @@ class SeeDiffModel:
         return out
 
     def predict_task(self, task: Any, plan: LabelPlan, context: Mapping[str, Any] | None = None,
-                     api_key: str | None = None, deadline: float | None = None) -> dict:
-        """Fetch, read the photo with every class word, segment, build Label Studio regions (:mod:`.predict`)."""
+                     api_key: str | None = None, deadline: float | None = None,
+                     options: PredictOptions | None = None) -> dict:
+        """Fetch, read the photo with every class word, segment, build Label Studio regions (:mod:`.predict`);
+        ``options``: a project's (:meth:`options_for`), default the backend's."""
         if not isinstance(task, Mapping) or not isinstance(task.get("data"), Mapping):
             raise ValueError("task has no 'data' object")
         ref = task["data"].get(plan.data_key)
         if ref is None:
             raise ValueError(f"task data has no {plan.data_key!r} (the <Image value='${plan.data_key}'>)")
-        s, options = self.settings, self.options
+        s, options = self.settings, options or self.options
         classes = plan.classes
         prompt = options.prompt(classes)
         wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -275,7 +302,7 @@ class SeeDiffModel:
             log.warning("task %s: the interactive regions' labels %s are not labels of the <PolygonLabels>/"
                         "<BrushLabels> on the image %s: nothing to suggest", task.get("id"),
                         sorted({lab for r in _regions(context) for lab in _labels_of(r)}), sorted(plan.words))
-        prediction = task_prediction(plan, masks, size, self.model_version, control=options.control, only=only)
+        prediction = task_prediction(plan, masks, size, options.model_version, control=options.control, only=only)
         t5 = time.perf_counter()
         self.count(fetch_s=t1 - t0, wait_s=t2 - t1, unet_s=t3 - t2, masks_s=t4 - t3, results_s=t5 - t4)
         return prediction

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from seediff.calibrate import Calibration
 from seediff.jobs import Item, ItemWorker, JobSpec, run_job
 from seediff.jobs.engine import records
 from seediff.jobs.store import JobStore
@@ -32,7 +33,7 @@ __all__ = ["LabelPlan", "label_plan", "model_version_for", "options_of", "preann
            "PreannotateSummary", "make_fetcher"]
 
 IDENTITY = ("model", "dtype", "mode", "t", "steps", "seed", "method", "drop_absent", "presence", "threads", "model_version",
-            "plan", "project", "url", "prompt_template", "control")
+            "plan", "project", "url", "prompt_template", "control", "calibration")
 
 
 def options_of(params: Mapping[str, Any]) -> PredictOptions:
@@ -42,7 +43,8 @@ def options_of(params: Mapping[str, Any]) -> PredictOptions:
                           steps=int(params.get("steps", 10)), seed=int(params.get("seed", 0)),
                           prompt_template=params.get("prompt_template") or PredictOptions.prompt_template,
                           drop_absent=bool(params.get("drop_absent", False)),
-                          control=params.get("control", "polygon"), presence=bool(params.get("presence", True)))
+                          control=params.get("control", "polygon"), presence=bool(params.get("presence", True)),
+                          calibration=Calibration.from_dict(params["calibration"]) if params.get("calibration") else None)
 
 
 def _client(url: str, api_key: str):
@@ -149,7 +151,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
                         page_size: int = 100, work_dir: str | os.PathLike | None = None, executor=None,
                         progress: bool = True, prompt_template: str = PredictOptions.prompt_template,
                         steps: int = 10, drop_absent: bool = False, control: str = "polygon",
-                        presence: bool = True) -> PreannotateSummary:
+                        presence: bool = True, calibration: Mapping[str, Any] | None = None) -> PreannotateSummary:
     """See :func:`preannotate_project`."""
     from label_studio_sdk import PredictionRequest
     from label_studio_sdk.core.api_error import ApiError
@@ -165,7 +167,7 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
     plan = label_plan(proj.label_config)
     options = PredictOptions(model=str(model), method=method, photo_mode=mode, t=t, steps=steps, seed=seed,
                              prompt_template=prompt_template, drop_absent=drop_absent, control=control,
-                             presence=presence)
+                             presence=presence, calibration=Calibration.from_dict(calibration) if calibration else None)
     version = model_version or options.model_version
     summary = PreannotateSummary(project, version)
     items = []
@@ -186,7 +188,8 @@ def _preannotate(*, url: str, api_key: str, project: int, model: str, device: st
         items.append(Item(item_id, seed, {"task": int(task.id), "image": ref}))  # the options' seed, as the backend
     params = dict(model=model, device=device, dtype=dtype, mode=mode, t=t, steps=steps, seed=seed, method=method,
                   drop_absent=drop_absent, presence=presence, threads=threads, model_version=version, plan=plan.to_dict(),
-                  project=project, url=url, api_key=api_key, prompt_template=options.prompt_template, control=control)
+                  project=project, url=url, api_key=api_key, prompt_template=options.prompt_template, control=control,
+                  calibration=calibration)
     root = Path(work_dir or f"seediff-preannotate-{project}").resolve()
     spec = JobSpec("preannotate", params, str(root), "seediff_labelstudio.preannotate:PreannotateWorker", IDENTITY)
     pending: list[dict[str, Any]] = []

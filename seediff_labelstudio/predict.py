@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from seediff.calibrate import Calibration, apply_calibration, calibrated_config, calibrated_version
 from seediff.jobs.store import slug
 from seediff.prompts import DEFAULT_TEMPLATE, check_template, class_prompt
 
@@ -53,6 +54,7 @@ class PredictOptions:
     drop_absent: bool = False
     control: str = "polygon"  # the control type of the regions where a label is in both kinds (labels.CONTROLS)
     presence: bool = True  # decide which labels the photo shows before segmenting (seediff.evidence)
+    calibration: Calibration | None = None  # a project's (seediff.calibrate): mask threshold, presence, scores
 
     def __post_init__(self) -> None:
         from seediff.methods import METHODS
@@ -81,7 +83,7 @@ class PredictOptions:
     def model_version(self) -> str:
         """:func:`model_version_for` (model, method, photo mode, t), plus a short hash of any other non-default
         setting that changes the masks or their regions (prompt template, seed, steps where they count,
-        drop_absent, presence off, control type)."""
+        drop_absent, presence off, control type), plus the calibration's digest."""
         extra: dict[str, Any] = {}
         if self.prompt_template != DEFAULT_TEMPLATE:
             extra["prompt_template"] = self.prompt_template
@@ -96,9 +98,9 @@ class PredictOptions:
         if self.control != "polygon":
             extra["control"] = self.control
         base = model_version_for(self.model, self.method, self.photo_mode, self.t)
-        if not extra:
-            return base
-        return f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
+        if extra:
+            base = f"{base}-{hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]}"
+        return calibrated_version(base, self.calibration)  # + '-cal<digest>' under a calibration
 
     def prompt(self, classes) -> str:
         """The prompt a task's photo is read with: every class word in the template."""
@@ -120,13 +122,23 @@ def read_photo_for(model, image, classes, options: PredictOptions):
     return predictor
 
 
-def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=None):
-    """ClassMasks for the task's classes from a read photo; points only reach methods that accept them."""
+def task_masks(predictor, classes, options: PredictOptions, points=None, boxes=None, config=None):
+    """ClassMasks for the task's classes from a read photo; points only reach methods that accept them.
+
+    Under ``options.calibration`` the method's mask threshold and each label's P(present) threshold are the
+    calibrated ones, and each label's region is dropped below its region-score threshold (never a label the user
+    clicked or boxed) and rescored to an expected IoU. ``config``: the method's config instead of the model's.
+    """
     from seediff.methods import get_method
 
+    cal = options.calibration
+    if config is None:
+        config = calibrated_config(cal, options.method, predictor.defaults.config(options.method)) if cal else None
     seeds = (points or None) if get_method(options.method).accepts_points else None
-    return predictor.predict(list(classes), points=seeds, boxes=boxes or None, method=options.method,
-                             drop_absent=options.drop_absent, presence=options.presence)
+    masks = predictor.predict(list(classes), points=seeds, boxes=boxes or None, method=options.method,
+                              config=config, drop_absent=options.drop_absent, presence=options.presence,
+                              presence_thresholds=cal.presence_thresholds() if cal else None)
+    return apply_calibration(cal, masks, keep={*(points or {}), *(boxes or {})})
 
 
 def task_prediction(plan: LabelPlan, masks, size: tuple[int, int], model_version: str, *, control: str = "polygon",

@@ -29,6 +29,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .learn import Learner, webhook_responses
 from .limits import BoundedLRU, TooManyValues, parse_json
 from .model import SeeDiffModel
 from .settings import Settings, SettingsError
@@ -288,7 +289,7 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             app.state.projects.put(project, ProjectState(req.schema_, token))
         if not model.ready:
             raise HTTPException(503, f"model not loaded: {model.error}")
-        return {"model_version": model.model_version}
+        return {"model_version": model.version_for(_project_id(req.project))}
 
     @app.post("/predict", response_model=PredictResponse, dependencies=[Depends(auth)], max_body_size=body_cap,
               openapi_extra=_body_spec(PredictRequest),
@@ -306,14 +307,14 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
         await checked(config, "/predict", project)
         context = (req.params or {}).get("context") if isinstance(req.params, dict) else None
         results = await run_in_threadpool(model.predict, req.tasks, config, context, state.token,
-                                          arrived + settings.predict_budget)
+                                          arrived + settings.predict_budget, project)
         model.count(requests=1, request_s=time.monotonic() - arrived)
         return {"results": results}
 
     # Any JSON body is acknowledged (Label Studio's events vary by version); declared so fuzzers send one.
     @app.post("/webhook", status_code=200, dependencies=[Depends(auth)], max_body_size=body_cap,
               responses={200: {"model": WebhookBody}, 400: {"model": ErrorBody, "description": "body is not JSON"},
-                         **_AUTH, **_TOO_BIG},
+                         **webhook_responses(WebhookBody, ErrorBody), **_AUTH, **_TOO_BIG},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}})
     async def webhook(request: Request):
         try:
@@ -322,10 +323,11 @@ def create_app(settings: Settings, model: SeeDiffModel | None = None) -> FastAPI
             raise HTTPException(413, f"{exc} (SEEDIFF_MAX_JSON_VALUES)") from None
         except ValueError:
             raise HTTPException(400, "webhook body must be JSON") from None
-        action = body.get("action") if isinstance(body, dict) else None
         model.count(webhooks=1)
-        log.info("webhook %s (seediff does not train; acknowledged)", action)
-        return {"status": "ok", "action": action}
+        code, answer = await run_in_threadpool(learner.handle, body, settings.predict_budget)
+        return JSONResponse(answer, status_code=code)
+
+    learner = Learner.attach(app, settings, model, [Depends(auth)], {**_AUTH, **_MALFORMED}, ErrorBody)  # /calibration
 
     @app.get("/metrics", dependencies=[Depends(auth)],
              responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **_AUTH})

@@ -97,6 +97,8 @@ class Settings:
     basic_auth_user: str | None = None  # BASIC_AUTH_USER
     basic_auth_pass: str | None = field(default=None, repr=False)  # BASIC_AUTH_PASS (secret)
     allowed_roots: tuple[Path, ...] = ()  # SEEDIFF_ALLOWED_ROOTS: os.pathsep-separated folders
+    data_dir: Path | None = None  # SEEDIFF_DATA_DIR: calibration state (learning from annotations)
+    calibration_file: Path | None = None  # SEEDIFF_CALIBRATION: a `seediff calibrate` file
     allowed_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_HOSTS: comma-separated extra image hosts (public)
     allowed_private_hosts: tuple[str, ...] = ()  # SEEDIFF_ALLOWED_PRIVATE_HOSTS: may resolve to private addresses
     max_image_bytes: int = 32 * 2**20  # SEEDIFF_MAX_IMAGE_BYTES
@@ -106,7 +108,7 @@ class Settings:
     max_tasks_per_request: int = 10_000  # SEEDIFF_MAX_TASKS
     cache_images: int = 4  # SEEDIFF_CACHE_IMAGES: images whose attention is kept for repeated queries (0: none)
     cache_bytes: int = 256 * 2**20  # SEEDIFF_CACHE_BYTES: bytes those cached images + attention may hold in all
-    max_task_bytes: int = 640 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
+    max_task_bytes: int = 896 * 2**20  # SEEDIFF_MAX_TASK_BYTES: one task (limits.segment_bytes) + the cache
     max_body_bytes: int = 64 * 2**20  # SEEDIFF_MAX_BODY_BYTES of a request body (bytes read, chunked or not)
     max_json_values: int = 2_000_000  # SEEDIFF_MAX_JSON_VALUES in a request body (bounds its parse time, memory)
     max_config_bytes: int = 256 * 2**10  # SEEDIFF_MAX_CONFIG_BYTES of a labeling config (/setup, /predict)
@@ -155,6 +157,21 @@ class Settings:
             if not p.is_absolute():
                 raise SettingsError(f"SEEDIFF_ALLOWED_ROOTS entries must be absolute paths, got {raw!r}")
             roots.append(p.resolve())
+        paths = {}
+        for name in ("SEEDIFF_DATA_DIR", "SEEDIFF_CALIBRATION"):
+            raw = (env.get(name) or "").strip()
+            paths[name] = Path(raw).expanduser() if raw else None
+            if paths[name] is not None and not paths[name].is_absolute():
+                raise SettingsError(f"{name} must be an absolute path, got {raw!r}")
+        if paths["SEEDIFF_DATA_DIR"] is not None and paths["SEEDIFF_DATA_DIR"].is_file():
+            raise SettingsError(f"SEEDIFF_DATA_DIR must be a folder, got the file {paths['SEEDIFF_DATA_DIR']}")
+        if paths["SEEDIFF_CALIBRATION"] is not None:
+            from seediff.calibrate import load_calibration
+
+            try:
+                load_calibration(paths["SEEDIFF_CALIBRATION"])
+            except ValueError as exc:
+                raise SettingsError(f"SEEDIFF_CALIBRATION: {exc}") from None
         key = env.get("LABEL_STUDIO_API_KEY") or None
         claims = jwt_claims(key) if key else None
         if claims is not None:
@@ -180,7 +197,8 @@ class Settings:
             presence=_bool(env, "SEEDIFF_PRESENCE", True),
             ls_url=ls_url, ls_api_key=key,
             basic_auth_user=user, basic_auth_pass=password,
-            allowed_roots=tuple(roots), allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),
+            allowed_roots=tuple(roots), data_dir=paths["SEEDIFF_DATA_DIR"],
+            calibration_file=paths["SEEDIFF_CALIBRATION"], allowed_hosts=_hosts(env, "SEEDIFF_ALLOWED_HOSTS"),
             allowed_private_hosts=_hosts(env, "SEEDIFF_ALLOWED_PRIVATE_HOSTS"),
             max_image_bytes=_int(env, "SEEDIFF_MAX_IMAGE_BYTES", 32 * 2**20),
             max_image_pixels=_int(env, "SEEDIFF_MAX_IMAGE_PIXELS", 40_000_000),
@@ -189,7 +207,7 @@ class Settings:
             max_tasks_per_request=_int(env, "SEEDIFF_MAX_TASKS", 10_000),
             cache_images=_int(env, "SEEDIFF_CACHE_IMAGES", 4, lo=0),
             cache_bytes=_int(env, "SEEDIFF_CACHE_BYTES", 256 * 2**20, lo=0),
-            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 640 * 2**20),
+            max_task_bytes=_int(env, "SEEDIFF_MAX_TASK_BYTES", 896 * 2**20),
             max_body_bytes=_int(env, "SEEDIFF_MAX_BODY_BYTES", 64 * 2**20),
             max_json_values=_int(env, "SEEDIFF_MAX_JSON_VALUES", 2_000_000),
             max_config_bytes=_int(env, "SEEDIFF_MAX_CONFIG_BYTES", 256 * 2**10),

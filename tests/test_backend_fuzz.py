@@ -35,11 +35,11 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 AUTH = ("annotator", "fuzz-pass-7")
 BASIC = {"Authorization": "Basic " + base64.b64encode(f"{AUTH[0]}:{AUTH[1]}".encode()).decode()}
 OPERATIONS = {("GET", "/health"), ("GET", "/"), ("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"),
-              ("GET", "/metrics")}
+              ("GET", "/metrics"), ("GET", "/calibration/{project}"), ("DELETE", "/calibration/{project}")}
 PUBLIC = {"/health", "/"}
 # Operations with something to make invalid: the others take no parameters, and /webhook acknowledges any JSON
 # (Label Studio's events differ by version), so negative generation has nothing to produce for them.
-NEGATABLE = {"/setup", "/predict"}
+NEGATABLE = {"/setup", "/predict", "/calibration/{project}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
 MAX_EXAMPLES = 25  # per operation, mode and auth

@@ -131,9 +131,18 @@ def test_a_task_too_big_to_segment_is_refused_with_its_size(tmp_path, tiny_model
     m.loaded = tiny_model
     with caplog.at_level(logging.WARNING, logger="seediff_labelstudio"):
         assert m.predict([{"id": 3, "data": {"image": str(tmp_path / "wide.png")}}], BOTH) == [[]]
-    assert segment_bytes((400, 300), 2) == 400 * 300 * 40
-    assert "a 400×300 image with 2 class words needs about 4 MiB to segment at full size, over " \
+    assert segment_bytes((400, 300), 2) == 96 * 2**20 + 400 * 300 * 22
+    assert "a 400×300 image with 2 class words needs about 98 MiB to segment at full size, over " \
            "SEEDIFF_MAX_TASK_BYTES (0 MiB)" in caplog.text
+
+
+def test_the_task_guard_admits_camera_photos_and_refuses_beyond_its_budget():
+    """Issue 16's guard refused a 24 MP camera photo with 2 labels; segmenting in bands (seediff.upsample) made
+    full size cheap, so the default budget holds 6000×4000 with 3 labels and 6000×6000 with 2 (measured:
+    bench/results/hostile.md), and still refuses what the bound says would not fit."""
+    budget = Settings.from_env({}).max_task_bytes
+    assert segment_bytes((6000, 4000), 3) <= budget and segment_bytes((6000, 6000), 2) <= budget
+    assert segment_bytes((6000, 6000), 5) > budget and segment_bytes((7000, 7000), 2) > budget
 
 
 def test_attention_cache_respects_its_byte_bound(tmp_path, tiny_model):

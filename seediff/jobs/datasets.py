@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..calibrate import Calibration, apply_calibration, calibrated_config, calibrated_segment
 from ..coco import INFO, merge_coco, to_coco
 from ..convert import resize_mask
 from ..prompts import check_classes as check_words
@@ -36,7 +37,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _COMMON = ("model", "dtype", "classes", "prompt", "seed", "method", "threads")
 SYNTH_IDENTITY = _COMMON + ("steps", "guidance", "height", "width")
-ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "presence")
+ANNOTATE_IDENTITY = _COMMON + ("images_dir", "mode", "t", "steps", "strength", "presence", "calibration")
 
 
 def check_classes(classes: Sequence[str]) -> list[str]:
@@ -136,6 +137,8 @@ class _SegmentWorker(ItemWorker):
         self.pipe = loaded.pipe
         self.config = loaded.defaults.config(self.params.get("method", "seediff"))  # the model's seediff.json
         self.classes = list(self.params["classes"])
+        cal = self.params.get("calibration")  # a calibration file's content (seediff calibrate), or None
+        self.calibration = Calibration.from_dict(cal) if cal else None
 
     def teardown(self) -> None:
         import torch
@@ -143,10 +146,9 @@ class _SegmentWorker(ItemWorker):
         torch.set_num_threads(self._threads_before)
 
     def segment(self, maps, classes: Sequence[str]):
-        """ClassMasks for ``classes`` from the item's attention (the configured method, the model's config)."""
-        from ..segment import segment
-
-        return segment(maps, list(classes), method=self.params.get("method", "seediff"), config=self.config)
+        """ClassMasks for ``classes`` from the item's attention (the configured method, the model's config,
+        calibrated when a calibration file was given)."""
+        return calibrated_segment(maps, classes, self.params.get("method", "seediff"), self.config, self.calibration)
 
     def save(self, item: Item, image, file_name: str, masks, extra_files: Sequence[str] = ()) -> dict[str, Any]:
         """Write mask PNGs and the overlay; return the record (with the COCO fragment)."""
@@ -200,8 +202,10 @@ class AnnotateWorker(_SegmentWorker):
         predictor = SeeDiffPredictor.from_model(self.loaded, prompt_template=str(p["prompt"]))
         predictor.set_image(item.data["path"], prompt, mode=p.get("mode", "noise"), t=int(p.get("t", 100)),
                             steps=int(p.get("steps", 10)), strength=float(p.get("strength", 0.5)), seed=item.seed)
-        masks = predictor.predict(self.classes, method=p.get("method", "seediff"), config=self.config,
-                                  presence=bool(p.get("presence", True)))
+        method, cal = p.get("method", "seediff"), self.calibration
+        masks = apply_calibration(cal, predictor.predict(
+            self.classes, method=method, config=calibrated_config(cal, method, self.config),
+            presence=bool(p.get("presence", True)), presence_thresholds=cal.presence_thresholds() if cal else None))
         return self.save(item, predictor.image, item.data["file_name"], masks) | {"prompt": prompt}
 
 

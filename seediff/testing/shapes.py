@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "SHAPES", "COLOURS", "BACKGROUNDS", "VOCABULARY", "SceneConfig", "ShapeObject", "Scene",
-    "make_scene", "make_scenes", "render_scene", "caption_for", "to_coco_ground_truth",
+    "make_scene", "make_scenes", "render_scene", "caption_for", "place_shapes", "to_coco_ground_truth",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -148,7 +148,8 @@ def _background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def _place(shapes: Sequence[str], config: SceneConfig, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+def place_shapes(shapes: Sequence[str], config: SceneConfig,
+                 rng: np.random.Generator) -> list[tuple[float, float, float]]:
     """(cx, cy, r) per shape, each inside the image, the shapes at least one pixel apart (rejection sampling)."""
     scale = config.size / 32.0
     lo, hi = config.radius[0] * scale, config.radius[1] * scale
@@ -211,7 +212,7 @@ def make_scene(seed: int, config: SceneConfig = SceneConfig(), *, n_objects: int
     names = list(COLOURS)
     objects = tuple(
         ShapeObject(SHAPES[int(s)], names[int(c)], cx, cy, r)
-        for s, c, (cx, cy, r) in zip(shapes, colours, _place([SHAPES[int(s)] for s in shapes], config, rng))
+        for s, c, (cx, cy, r) in zip(shapes, colours, place_shapes([SHAPES[int(s)] for s in shapes], config, rng))
     )
     kind = BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))]
     image, masks = render_scene(objects, _background(kind, config.size, rng))

@@ -488,6 +488,7 @@ def backend(label_studio, e2e_model, tmp_path_factory) -> Iterator[BackendServer
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "SEEDIFF_ALLOWED_ROOTS": str(label_studio.files_root),
+        "SEEDIFF_DATA_DIR": str(tmp_path_factory.mktemp("backend-data")),  # calibration learnt from annotations
         "HF_HUB_OFFLINE": "1",
     })
     server = ServerProcess("seediff-labelstudio", backend_argv(port), env, log_path).start()

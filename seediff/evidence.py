@@ -36,8 +36,8 @@ from .upsample import share_inside
 
 __all__ = [
     "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
-    "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide", "region_rows",
-    "fit_logistic",
+    "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide",
+    "region_rows", "fit_logistic",
 ]
 
 FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)

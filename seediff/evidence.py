@@ -9,9 +9,15 @@ Presence (per class c of a prompt that names every class of the label set):
   relative to the error with every class, (err(prompt without c) − err(prompt)) / err(prompt), at the read's
   own timestep and noise (one batched UNet call of K + 1 prompt rows; a class that is in the photo explains
   part of it, after Li et al. 2023's diffusion classifier).
-A logistic model over these three numbers (fitted on a dev split, per model: the ``presence`` section of the
-model folder's ``seediff.json``) gives P(present); a class is kept when it clears the model's threshold or
-scores best in its image.
+A logistic model over these numbers, or a named subset of them (fitted on a dev split, per model: the
+``presence`` section of the model folder's ``seediff.json``), gives P(present); a class is kept when it clears
+the model's threshold or scores best in its image. The attention mass is partly a property of the word's tokens
+(a word spelled in many sub-tokens draws attention everywhere), so a model may leave it out.
+
+Label sets larger than the one the model was fitted on: the fitted bias holds the dev split's prior (m0 of K0
+classes present per image); with N classes the prior odds of each one are m0 / (N − m0), so the logit is
+shifted by log(m0 / (N − m0)) − log(m0 / (K0 − m0)) (Bayes' rule; :func:`prior_shift`). Without it, 97 absent
+labels at a 3-class prior keep a few spurious ones per image by chance alone.
 
 Region quality: a second logistic model estimates each proposed region's IoU with the truth from the class's
 presence logit, the share of the word's cross-attention that falls inside the region, the region's area and
@@ -30,8 +36,8 @@ from .upsample import share_inside
 
 __all__ = [
     "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
-    "attention_evidence", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide", "region_rows",
-    "fit_logistic",
+    "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide",
+    "region_rows", "fit_logistic",
 ]
 
 FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)
@@ -90,6 +96,9 @@ class LogisticModel:
 class PresenceModel:
     """A model's presence decision and region-quality estimate (``seediff.json``'s ``presence`` section).
 
+    fitted_classes / fitted_present: classes per image of the dev split the model was fitted on and how many of
+    them were present on average (0: no prior shift for other label-set sizes, see :func:`prior_shift`).
+
     level: cross-attention level the attention evidence is read at. threshold: P(present) above which a class
     is kept. keep_best: with two or more classes, the best-scoring one is always kept (a photo shows at least
     one label). presence / region: the fitted logistic models. about: where the numbers come from.
@@ -101,19 +110,26 @@ class PresenceModel:
     region: LogisticModel | None = None
     keep_best: bool = True
     about: str = ""
+    fitted_classes: int = 0
+    fitted_present: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if tuple(self.presence.features) != PRESENCE_FEATURES:
-            raise ValueError(f"presence features must be {PRESENCE_FEATURES}, got {self.presence.features}")
+        feats = tuple(self.presence.features)
+        if not feats or any(f not in PRESENCE_FEATURES for f in feats) or len(set(feats)) != len(feats):
+            raise ValueError(f"presence features must be distinct names from {PRESENCE_FEATURES}, got {feats}")
+        if self.fitted_classes and not 0.0 < self.fitted_present < self.fitted_classes:
+            raise ValueError(f"fitted_present must be in (0, fitted_classes={self.fitted_classes}), "
+                             f"got {self.fitted_present}")
         if self.region is not None and tuple(self.region.features) != REGION_FEATURES:
             raise ValueError(f"region features must be {REGION_FEATURES}, got {self.region.features}")
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
         return {"about": self.about, "level": self.level, "threshold": self.threshold, "keep_best": self.keep_best,
-                "presence": self.presence.to_dict(), "region": self.region.to_dict() if self.region else None}
+                "presence": self.presence.to_dict(), "region": self.region.to_dict() if self.region else None,
+                "fitted_classes": self.fitted_classes, "fitted_present": self.fitted_present}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "PresenceModel":
@@ -121,7 +137,8 @@ class PresenceModel:
         region = data.get("region")
         return cls(int(data["level"]), float(data["threshold"]), LogisticModel.from_dict(data["presence"]),
                    LogisticModel.from_dict(region) if region else None, bool(data.get("keep_best", True)),
-                   str(data.get("about", "")))
+                   str(data.get("about", "")), int(data.get("fitted_classes", 0)),
+                   float(data.get("fitted_present", 0.0)))
 
 
 # ---- features -----------------------------------------------------------------------------------------------
@@ -195,14 +212,28 @@ def presence_rows(evidence: np.ndarray, gains: np.ndarray) -> np.ndarray:
     return np.concatenate([ev, g], axis=1)
 
 
+def prior_shift(model: PresenceModel | None, n_classes: int | None) -> float:
+    """Logit shift for a label set of ``n_classes`` against the one the model was fitted on:
+    log(m0 / (N − m0)) − log(m0 / (K0 − m0)) (0 without a fitted prior, or for N ≤ K0: never raised)."""
+    if model is None or not model.fitted_classes or n_classes is None or n_classes <= model.fitted_classes:
+        return 0.0
+    m0, k0 = model.fitted_present, model.fitted_classes
+    n = max(float(n_classes), m0 + 1.0)
+    return float(np.log(m0 / (n - m0)) - np.log(m0 / (k0 - m0)))
+
+
 def presence_logits(model: PresenceModel | None, maps, words: Sequence[str], gains: np.ndarray,
-                    batch: int = 0) -> np.ndarray:
-    """``[K]`` presence logits: the model's logistic over :func:`presence_rows`; without a fitted model the
+                    batch: int = 0, n_classes: int | None = None) -> np.ndarray:
+    """``[K]`` presence logits: the model's logistic over its features of :func:`presence_rows`, plus
+    :func:`prior_shift` for a label set of ``n_classes`` (default: ``len(words)``); without a fitted model the
     model-agnostic rule ``loo_gain / FALLBACK_GAIN_SCALE`` (positive when naming the class lowers the error)."""
     g = np.asarray(gains, dtype=np.float64)
     if model is None:
         return g / FALLBACK_GAIN_SCALE
-    return model.presence.logit(presence_rows(attention_evidence(maps, words, model.level, batch), g))
+    rows = presence_rows(attention_evidence(maps, words, model.level, batch), g)
+    cols = [PRESENCE_FEATURES.index(f) for f in model.presence.features]
+    shift = prior_shift(model, len(words) if n_classes is None else n_classes)
+    return model.presence.logit(rows[:, cols]) + shift
 
 
 def decide(words: Sequence[str], probs: Sequence[float], threshold: float, keep_best: bool = True,

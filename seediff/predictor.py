@@ -304,7 +304,8 @@ class SeeDiffPredictor:
                         start += len(qs)
             out: dict[str, float] = {}
             for maps, judged, _ in parts:
-                logits = presence_logits(self.defaults.presence, maps, judged, loo_gains(self._loo[tuple(judged)]))
+                logits = presence_logits(self.defaults.presence, maps, judged, loo_gains(self._loo[tuple(judged)]),
+                                         n_classes=len(words))
                 out.update({c: float(v) for c, v in zip(judged, logits)})
             self._logits[words] = out
         return self._logits[words]

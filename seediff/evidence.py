@@ -37,13 +37,18 @@ from .upsample import share_inside
 __all__ = [
     "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
     "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide",
-    "region_rows", "fit_logistic",
+    "region_rows", "fit_logistic", "sigmoid",
 ]
 
 FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)
 PRESENCE_FEATURES = ("log_attention_mass", "log_attention_peak", "loo_gain")
 REGION_FEATURES = ("presence_logit", "attention_inside", "area", "log_classes_kept")
 _TINY = 1e-6
+
+
+def sigmoid(z):
+    """The logistic function of logits (array or float), clipped to ±50 so that no exp overflows."""
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
 
 @dataclass(frozen=True)
@@ -74,7 +79,7 @@ class LogisticModel:
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Probabilities ``[N]`` in (0, 1)."""
-        return 1.0 / (1.0 + np.exp(-np.clip(self.logit(rows), -50, 50)))
+        return sigmoid(self.logit(rows))
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -283,7 +288,7 @@ def fit_logistic(rows: np.ndarray, targets: np.ndarray, features: Sequence[str],
     w = np.zeros(z.shape[1])
     reg = l2 * np.r_[np.ones(z.shape[1] - 1), 0.0]
     for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
+        p = sigmoid(z @ w)
         grad = z.T @ (p - y) + reg * w
         hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
         step = np.linalg.solve(hess, grad)

@@ -20,7 +20,7 @@ from .defaults import ModelDefaults
 from .families import with_layout_levels
 from .masks import ClassMasks
 from . import modes
-from .evidence import decide, loo_errors, loo_gains, loo_prompts, presence_logits, region_rows
+from .evidence import decide, loo_errors, loo_gains, loo_prompts, presence_logits, region_rows, sigmoid
 from .presence import present_classes, presence_scores
 from .prompts import DEFAULT_TEMPLATE, check_classes, check_template, class_prompt, split_vocabulary
 from .segment import segment
@@ -256,7 +256,7 @@ class SeeDiffPredictor:
         default = model.threshold if model is not None else 0.5
         keep_best = model.keep_best if model is not None else True
         judged = [c for c in words if c in logits]
-        probs = {c: 1.0 / (1.0 + float(np.exp(-np.clip(logits[c], -50, 50)))) for c in judged}
+        probs = {c: float(sigmoid(logits[c])) for c in judged}
         kept = set(decide(judged, [probs[c] for c in judged], 1.0, keep_best, sorted(seeded)))  # best + seeded
         kept |= {c for c in judged if probs[c] > thresholds.get(c, default)}
         return {c: f"judged absent (P(present) {probs[c]:.2f} <= {thresholds.get(c, default):.2f})"

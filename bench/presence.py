@@ -57,7 +57,8 @@ def capture(model, scenes, *, dc: bool, resolution: int | None = None) -> list[R
     out = []
     for s in scenes:
         # the product's read: the every-class prompt and its leave-one-out rows in one batched UNet call
-        traced = seediff.read_photo(model.pipe, s.image, loo_prompts(words), mode="noise", t=100, resolution=resolution)
+        traced = seediff.read_photo(model.pipe, s.image, loo_prompts(words), mode="noise", t=100, resolution=resolution,
+                                    capture=seediff.CaptureConfig(record_rows=1))  # the read row; LOO rows unrecorded
         maps = traced.maps_for(0)
         gains = loo_gains(traced.maps.meta["noise_errors"])
         scores = presence_scores(model.pipe, s.image, words) if dc else None

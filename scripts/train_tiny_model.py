@@ -62,6 +62,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--p-colour", type=float, default=0.5)
     p.add_argument("--p-two", type=float, default=0.5, help="share of 2-object scenes in the UNet stage's pool")
     p.add_argument("--p-uncond", type=float, default=0.1)
+    p.add_argument("--p-three", type=float, default=0.0, help="share of 3-object scenes (rich world)")
+    p.add_argument("--p-free-colour", type=float, default=0.0, help="share of objects in an unnamed random colour")
+    p.add_argument("--p-tinted", type=float, default=0.0, help="share of coloured (not grey) backgrounds")
+    p.add_argument("--rotation", type=float, default=0.0, help="max |degrees| a square or triangle is turned")
+    p.add_argument("--radius", type=str, default="5,8.5", help="min,max shape half-extent at 32 px")
+    p.add_argument("--init-vae", type=Path, default=None,
+                   help="fine-tune the VAE from this folder (e.g. a saved pipeline's vae/) instead of from scratch")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--probe-every", type=int, default=500)
@@ -74,9 +81,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def scene_batch(seeds, size: int, p_two: float = 0.5) -> tuple[torch.Tensor, list]:
-    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes (two objects with probability ``p_two``)."""
-    cfg = SceneConfig(size=size, p_two=p_two)
+def world(args, p_two: float | None = None) -> SceneConfig:
+    """The training world the options describe (the rich options off: the original shapes world)."""
+    lo, hi = (float(v) for v in args.radius.split(","))
+    return SceneConfig(size=args.size, p_two=args.p_two if p_two is None else p_two, p_colour=args.p_colour,
+                       radius=(lo, hi), p_three=args.p_three, p_free_colour=args.p_free_colour,
+                       p_tinted=args.p_tinted, rotation=args.rotation)
+
+
+def scene_batch(seeds, cfg: SceneConfig) -> tuple[torch.Tensor, list]:
+    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes of ``cfg``'s world."""
     scenes = [make_scene(int(s), cfg) for s in seeds]
     x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, scenes
@@ -133,13 +147,19 @@ def train_vae(args, log) -> tuple[object, dict]:
         return vae, stats
     torch.manual_seed(args.seed)
     vae = build_vae(args.size)
+    if args.init_vae is not None:
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict({k: v.float() for k, v in AutoencoderKL.from_pretrained(str(args.init_vae)).state_dict().items()})
+        log(f"VAE fine-tuned from {args.init_vae}")
+    cfg = world(args, p_two=0.5)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.vae_lr, total_steps=args.vae_iters, pct_start=0.05)
     t0 = time.time()
     rng = np.random.default_rng(args.seed + 1)
     losses = []
     for it in range(args.vae_iters):
-        x, _ = scene_batch(TRAIN_SEED_OFFSET + rng.integers(0, 10**8, size=args.vae_batch), args.size)
+        x, _ = scene_batch(TRAIN_SEED_OFFSET + rng.integers(0, 10**8, size=args.vae_batch), cfg)
         if args.vae_crop and args.vae_crop < args.size:  # convolutions are local: crops train ~4x cheaper
             oy, ox = (int(v) for v in 2 * rng.integers(0, (args.size - args.vae_crop) // 2 + 1, size=2))
             x = x[:, :, oy : oy + args.vae_crop, ox : ox + args.vae_crop]
@@ -157,7 +177,7 @@ def train_vae(args, log) -> tuple[object, dict]:
                 f"{time.time() - t0:.0f}s")
     vae.eval()
     with torch.no_grad():
-        x, _ = scene_batch(range(10**7, 10**7 + 256), args.size)
+        x, _ = scene_batch(range(10**7, 10**7 + 256), cfg)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.mean).sample.clamp(-1, 1)
         mse = F.mse_loss((rec + 1) / 2, (x + 1) / 2).item()
@@ -181,7 +201,7 @@ def encode_pool(vae, args, log) -> tuple[torch.Tensor, torch.Tensor, list]:
     means, stds, meta = [], [], []
     seeds = TRAIN_SEED_OFFSET + np.arange(args.pool)
     for i in range(0, args.pool, 256):
-        x, scenes = scene_batch(seeds[i : i + 256], args.size, args.p_two)
+        x, scenes = scene_batch(seeds[i : i + 256], world(args))
         post = vae.encode(x).latent_dist
         means.append(post.mean)
         stds.append(post.std)
@@ -408,6 +428,16 @@ def _ema_pipe(vae, text_encoder, unet, tokenizer, ema_u, ema_t, args, channels):
 
 
 # ---------------------------------------------------------------------------------------------- output
+def world_text(args) -> str:
+    """One sentence on the training world's options (the rich ones, when on)."""
+    if not (args.p_three or args.p_free_colour or args.p_tinted or args.rotation):
+        return f"the original shapes world (grey backgrounds, six named colours, radius {args.radius} px)."
+    return (f"the rich world — {args.p_three:.0%} three-object scenes, {args.p_free_colour:.0%} of objects in an unnamed "
+            f"random colour (captions then name no colour for them), {args.p_tinted:.0%} tinted (coloured) backgrounds, "
+            f"squares/triangles turned up to ±{args.rotation:g}°, radius {args.radius} px at 32 px; captions name only "
+            "objects that are in the scene, so nothing is learnt about absent words.")
+
+
 def write_report(out: Path, args, vae_stats, unet_stats, total_seconds: float) -> None:
     hist = unet_stats["history"]
     rows = "\n".join(
@@ -427,7 +457,7 @@ def write_report(out: Path, args, vae_stats, unet_stats, total_seconds: float) -
     text = f"""# builtin:shapes — how this model was trained
 
 Generated by `scripts/train_tiny_model.py` (do not edit by hand). A tiny Stable-Diffusion-layout model trained
-from scratch on CPU on the procedural scenes of `seediff.testing.shapes` (32×32 RGB, 1–2 shapes), so that the
+from scratch on CPU on the procedural scenes of `seediff.testing.shapes` (32×32 RGB, {'1–3' if args.p_three else '1–2'} shapes), so that the
 engine, CLI, backend and tests run offline on a model whose attention means something. It is a demo and test
 model only: real use means SD 1.5/2.1 weights from a local folder.
 
@@ -438,7 +468,7 @@ Total wall time: {total_seconds / 60:.1f} min.
 ## Recipe
 - Data: fresh scenes (seeds ≥ {TRAIN_SEED_OFFSET}); UNet stage on a pool of {args.pool} scenes ({args.p_two:.0%} with two objects), captions re-drawn
   each use: colours named with p={args.p_colour}, random object order, "a photo of" / background sometimes; {args.p_uncond:.0%} empty
-  captions (classifier-free guidance).
+  captions (classifier-free guidance). World: {world_text(args)}
 - VAE: AutoencoderKL (32, 64) channels, 1 layer per block, 4 latent channels, factor 2 (32² → 16²×4);
   {vae_stats['params']} params; {vae_stats['iters']} iterations (batch {args.vae_batch}, AdamW one-cycle lr {args.vae_lr}),
   random {args.vae_crop}² crops, loss MSE + 0.5·L1 + 1e-4·KL; {vae_stats['seconds'] / 60:.1f} min; reconstruction PSNR {vae_stats['psnr_db']:.1f} dB on 256 held-out scenes;

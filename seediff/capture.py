@@ -37,14 +37,20 @@ class CaptureConfig:
     self_layers: explicit self-attention layer names instead of ``self_levels`` (e.g. for ablations).
     t_window: recorded timesteps as fractions of the scheduler's training steps, ``lo ≤ t/T < hi``
         (default (0, 0.5): t = T/2 → 0, the follow-up paper's best window).
+    record_rows: how many leading (conditional) rows of the UNet batch are recorded (None = all); the rows
+        after them run the layer's fused kernel unrecorded — rows read only for their noise prediction (the
+        presence test's leave-one-out prompts) then cost what a plain pass costs.
     """
 
     cross_levels: tuple[int, ...] | None = None
     self_levels: tuple[int, ...] = (0, 1, 2)
     self_layers: tuple[str, ...] | None = None
     t_window: tuple[float, float] = (0.0, 0.5)
+    record_rows: int | None = None
 
     def __post_init__(self) -> None:
+        if self.record_rows is not None and (not isinstance(self.record_rows, int) or self.record_rows < 1):
+            raise ValueError(f"record_rows must be a positive int or None, got {self.record_rows!r}")
         lo, hi = self.t_window
         if not (0.0 <= lo < hi <= 1.0):
             raise ValueError(f"t_window must satisfy 0 <= lo < hi <= 1, got {self.t_window}")
@@ -103,6 +109,7 @@ class _Store:
         self.timesteps: list[int] = []
         self.latent_hw: tuple[int, int] | None = None
         self.input_ids: torch.Tensor | None = None
+        self.record_rows: int | None = None
 
     def add(self, name: str, probs: torch.Tensor, heads: int) -> None:
         """Fold one call's probabilities ``[B·heads, N, M]`` into the running sum (mean over heads, fp32)."""
@@ -150,20 +157,27 @@ class RecordingProcessor:
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
         query = attn.head_to_batch_dim(query)
-        # Only the conditional half is recorded; the unconditional half keeps the fused SDPA kernel.
-        split = query.shape[0] // 2 if self.cfg_getter() else 0  # rows are (batch, head)-major: halves align
+        # Only the conditional rows are recorded (the first ``record_rows`` of them); the unconditional half and
+        # unrecorded rows keep the fused SDPA kernel. Rows are (batch, head)-major: halves align.
+        h = attn.heads
+        split = query.shape[0] // 2 if self.cfg_getter() else 0
+        end = query.shape[0] if self.store.record_rows is None else min(query.shape[0], split + self.store.record_rows * h)
         parts = []
-        if split:  # 4-D (batch, heads, tokens, dim): with 3-D inputs SDPA falls back to its slow math kernel
-            h = attn.heads
-            mask_u = attention_mask[:split].unflatten(0, (-1, h)) if attention_mask is not None else None
-            out_u = F.scaled_dot_product_attention(
-                query[:split].unflatten(0, (-1, h)), key[:split].unflatten(0, (-1, h)),
-                value[:split].unflatten(0, (-1, h)), attn_mask=mask_u, scale=attn.scale)
-            parts.append(out_u.flatten(0, 1))
-        mask_c = attention_mask[split:] if attention_mask is not None else None
-        attention_probs = attn.get_attention_scores(query[split:], key[split:], mask_c)
-        self.store.add(self.name, attention_probs.detach(), attn.heads)
-        parts.append(torch.bmm(attention_probs, value[split:]))
+
+        def fused(a: int, b: int) -> torch.Tensor:  # 4-D (batch, heads, tokens, dim): 3-D falls back to slow math
+            mask = attention_mask[a:b].unflatten(0, (-1, h)) if attention_mask is not None else None
+            return F.scaled_dot_product_attention(
+                query[a:b].unflatten(0, (-1, h)), key[a:b].unflatten(0, (-1, h)), value[a:b].unflatten(0, (-1, h)),
+                attn_mask=mask, scale=attn.scale).flatten(0, 1)
+
+        if split:
+            parts.append(fused(0, split))
+        mask_c = attention_mask[split:end] if attention_mask is not None else None
+        attention_probs = attn.get_attention_scores(query[split:end], key[split:end], mask_c)
+        self.store.add(self.name, attention_probs.detach(), h)
+        parts.append(torch.bmm(attention_probs, value[split:end]))
+        if end < query.shape[0]:
+            parts.append(fused(end, query.shape[0]))
         hidden_states = torch.cat(parts) if len(parts) > 1 else parts[0]
         hidden_states = attn.batch_to_head_dim(hidden_states)
         hidden_states = attn.to_out[0](hidden_states)
@@ -198,6 +212,7 @@ def trace(pipe, config: CaptureConfig | None = None, *, cfg: bool | None = None)
     chosen = _select_layers(levels, config)
     store = _Store()
     store.cfg = cfg
+    store.record_rows = config.record_rows
     maps = AttentionMaps(levels={n: levels[n] for n in chosen})
     n_train = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
     lo, hi = config.t_window[0] * n_train, config.t_window[1] * n_train

@@ -136,7 +136,7 @@ class SeeDiffPredictor:
             rows = loo_prompts(words, self.prompt_template) if words else []
             extra = rows[1:] if rows and rows[0] == prompt and kwargs.get("mode", "noise") == "noise" else []
             traced = modes.read_photo(self.pipe, self._photo, [prompt, *extra] if extra else prompt,
-                                      capture=self.capture, **kwargs)
+                                      capture=self._recording(1), **kwargs)
             self._maps = traced.maps_for(0) if extra else traced.maps
             if extra:
                 self._loo[tuple(words)] = list(traced.maps.meta["noise_errors"])
@@ -169,6 +169,11 @@ class SeeDiffPredictor:
         self._read([classes])
         return self._by_prompt[class_prompt(classes, self.prompt_template)]
 
+    def _recording(self, rows: int) -> CaptureConfig:
+        """The capture config recording attention of the first ``rows`` prompt rows only (the leave-one-out rows
+        after them are read for their noise prediction alone)."""
+        return dataclasses.replace(self.capture or CaptureConfig(), record_rows=rows)
+
     def _read(self, groups: Sequence[Sequence[str]], loo: bool = False) -> None:
         """Read the photo for every group's prompt not read yet, all in one batched UNet call (with ``loo`` and
         noise mode, each group's leave-one-out rows too, their errors kept for the presence test)."""
@@ -179,8 +184,8 @@ class SeeDiffPredictor:
         loo = loo and self._photo_kwargs.get("mode", "noise") == "noise"
         extras = [loo_prompts(g, self.prompt_template)[1:] if loo else [] for g in todo]
         rows = prompts + [q for e in extras for q in e]
-        traced = modes.read_photo(self.pipe, self._photo, rows if len(rows) > 1 else rows[0], capture=self.capture,
-                                  **self._photo_kwargs)
+        traced = modes.read_photo(self.pipe, self._photo, rows if len(rows) > 1 else rows[0],
+                                  capture=self._recording(len(prompts)), **self._photo_kwargs)
         errors, start = traced.maps.meta.get("noise_errors"), len(prompts)
         for i, (g, p, e) in enumerate(zip(todo, prompts, extras)):
             self._by_prompt[p] = (traced.maps_for(i) if len(rows) > 1 else traced.maps, {})

@@ -139,6 +139,30 @@ def test_no_steps_in_window_is_a_clear_error(tiny_pipe):
         _ = maps.batch_size
 
 
+@pytest.mark.parametrize("cfg", [False, True])
+def test_record_rows_records_the_leading_rows_only(tiny_pipe, cfg):
+    """record_rows=1: the UNet output is unchanged, the maps are those of the first row, the other rows unrecorded."""
+    prompts = ["a photo of a dog", "a cat", "a dog and a cat"]
+    latents, emb = _unet_inputs(tiny_pipe, prompts)
+    if cfg:  # [unconditional, conditional] halves
+        latents, emb = torch.cat([latents, latents]), torch.cat([torch.zeros_like(emb), emb])
+    t = torch.tensor([100])
+    with torch.no_grad():
+        with trace(tiny_pipe, CaptureConfig(t_window=(0.0, 1.0)), cfg=cfg) as every:
+            ref = tiny_pipe.unet(latents, t, encoder_hidden_states=emb).sample
+        with trace(tiny_pipe, CaptureConfig(t_window=(0.0, 1.0), record_rows=1), cfg=cfg) as first:
+            out = tiny_pipe.unet(latents, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max()
+    assert every.batch_size == 3 and first.batch_size == 1
+    for store in ("cross", "self_attn"):
+        a, b = getattr(every, store), getattr(first, store)
+        assert a.keys() == b.keys() and a
+        for name in a:
+            assert torch.allclose(b[name][0], a[name][0], atol=1e-6), name
+    with pytest.raises(ValueError, match="record_rows"):
+        CaptureConfig(record_rows=0)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="t_window"):
         CaptureConfig(t_window=(0.6, 0.5))

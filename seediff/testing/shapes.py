@@ -16,7 +16,7 @@ The class of an object is its shape word; :func:`to_coco_ground_truth` exports s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -50,6 +50,12 @@ class SceneConfig:
     p_two: probability of two objects (else one). p_colour: probability that the caption names colours.
     p_photo: probability of the "a photo of" prefix. p_background: probability of naming the background.
     radius: (min, max) half-extent of a shape at size 32.
+
+    The *rich* options (all off by default, so that default scenes stay what they were, seed for seed) widen the
+    world the bundled model is trained on: p_three: probability of three objects (taken from the one-object
+    share); p_free_colour: probability that an object gets an unnamed random colour (its caption names no colour);
+    p_tinted: probability that the background is tinted (coloured) instead of grey; rotation: max |degrees|
+    that a square or triangle is turned.
     """
 
     size: int = 32
@@ -58,28 +64,39 @@ class SceneConfig:
     p_photo: float = 0.3
     p_background: float = 0.3
     radius: tuple[float, float] = (5.0, 8.5)
+    p_three: float = 0.0
+    p_free_colour: float = 0.0
+    p_tinted: float = 0.0
+    rotation: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 16:
             raise ValueError(f"size must be an int >= 16, got {self.size!r}")
-        for name in ("p_two", "p_colour", "p_photo", "p_background"):
+        for name in ("p_two", "p_colour", "p_photo", "p_background", "p_three", "p_free_colour", "p_tinted"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {p}")
         lo, hi = self.radius
         if not 0 < lo <= hi:
             raise ValueError(f"radius must satisfy 0 < min <= max, got {self.radius}")
+        if self.p_two + self.p_three > 1.0:
+            raise ValueError(f"p_two + p_three must be <= 1, got {self.p_two} + {self.p_three}")
+        if not 0.0 <= self.rotation <= 45.0:
+            raise ValueError(f"rotation must be in [0, 45] degrees, got {self.rotation}")
 
 
 @dataclass(frozen=True)
 class ShapeObject:
-    """One shape: its word, colour word, centre (x, y) in pixels and half-extent (radius) in pixels."""
+    """One shape: its word, colour word ("" for an unnamed colour), centre (x, y) and half-extent (radius) in
+    pixels, turn in degrees (squares and triangles) and its RGB (None: the named colour's)."""
 
     shape: str
     colour: str
     cx: float
     cy: float
     radius: float
+    angle: float = 0.0
+    rgb: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,7 @@ class Scene:
 
     def class_mask(self, word: str) -> np.ndarray:
         """Union of the masks of the objects whose shape (or colour) is ``word``; all False if absent."""
-        keep = [i for i, o in enumerate(self.objects) if word in (o.shape, o.colour)]
+        keep = [i for i, o in enumerate(self.objects) if word and word in (o.shape, o.colour)]
         if not keep:
             return np.zeros(self.image.shape[:2], dtype=bool)
         return self.instance_masks[keep].any(0)
@@ -112,9 +129,12 @@ class Scene:
 
 
 def _shape_mask(obj: ShapeObject, size: int) -> np.ndarray:
-    """Exact mask of one shape: pixel centres inside the circle / axis-aligned square / upright triangle."""
+    """Exact mask of one shape: pixel centres inside the circle / square / triangle (upright unless turned)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
     dx, dy = xx - obj.cx, yy - obj.cy
+    if obj.angle:  # turn the pixel grid back by the shape's angle, then test against the upright shape
+        c, s = np.cos(np.radians(obj.angle)), np.sin(np.radians(obj.angle))
+        dx, dy = dx * c + dy * s, -dx * s + dy * c
     r = obj.radius
     if obj.shape == "circle":
         return dx * dx + dy * dy <= r * r
@@ -148,18 +168,19 @@ def _background(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def place_shapes(shapes: Sequence[str], config: SceneConfig,
-                 rng: np.random.Generator) -> list[tuple[float, float, float]]:
-    """(cx, cy, r) per shape, each inside the image, the shapes at least one pixel apart (rejection sampling)."""
+def place_shapes(shapes: Sequence[str], config: SceneConfig, rng: np.random.Generator,
+                 angles: Sequence[float] | None = None) -> list[tuple[float, float, float]]:
+    """(cx, cy, r) per shape (turned by ``angles``), each inside the image, at least one pixel apart (rejection)."""
+    angles = list(angles) if angles is not None else [0.0] * len(shapes)
     scale = config.size / 32.0
     lo, hi = config.radius[0] * scale, config.radius[1] * scale
     for _ in range(1000):
         out, union = [], np.zeros((config.size, config.size), dtype=bool)
-        for shape in shapes:
+        for shape, angle in zip(shapes, angles):
             r = float(rng.uniform(lo, hi))
             margin = 1.2 * r + 1  # the widest shape (triangle) reaches 1.2 r from its centre
             cx, cy = (float(v) for v in rng.uniform(margin, config.size - margin, size=2))
-            mask = _shape_mask(ShapeObject(shape, "red", cx, cy, r), config.size)
+            mask = _shape_mask(ShapeObject(shape, "red", cx, cy, r, angle), config.size)
             grown = mask.copy()  # one-pixel gap: grow the mask by one pixel (4-neighbourhood) before testing
             grown[1:] |= mask[:-1]; grown[:-1] |= mask[1:]; grown[:, 1:] |= mask[:, :-1]; grown[:, :-1] |= mask[:, 1:]
             if (grown & union).any():
@@ -168,7 +189,7 @@ def place_shapes(shapes: Sequence[str], config: SceneConfig,
             out.append((cx, cy, r))
         if len(out) == len(shapes):
             return out
-    raise RuntimeError(f"could not place {len(shapes)} shapes in {config.size}px")  # pragma: no cover
+    raise RuntimeError(f"could not place {len(shapes)} shapes in {config.size}px")
 
 
 def caption_for(objects: Sequence[ShapeObject], background: str, rng: np.random.Generator,
@@ -176,7 +197,8 @@ def caption_for(objects: Sequence[ShapeObject], background: str, rng: np.random.
     """A caption for the objects (random order; colours named with probability ``p_colour``) and that flag."""
     colours = bool(rng.random() < config.p_colour)
     order = list(rng.permutation(len(objects)))
-    phrases = [f"a {objects[i].colour} {objects[i].shape}" if colours else f"a {objects[i].shape}" for i in order]
+    phrases = [f"a {objects[i].colour} {objects[i].shape}" if colours and objects[i].colour else f"a {objects[i].shape}"
+               for i in order]
     text = " and ".join(phrases)
     if rng.random() < config.p_photo:
         text = "a photo of " + text
@@ -192,7 +214,7 @@ def render_scene(objects: Sequence[ShapeObject], background: np.ndarray) -> tupl
     masks = np.zeros((len(objects), size, size), dtype=bool)
     for i, obj in enumerate(objects):
         masks[i] = _shape_mask(obj, size)
-        image[masks[i]] = COLOURS[obj.colour]
+        image[masks[i]] = obj.rgb if obj.rgb is not None else COLOURS[obj.colour]
     if len(objects) > 1 and (masks.sum(0) > 1).any():
         raise ValueError("shapes overlap")
     return image, masks
@@ -203,23 +225,57 @@ def make_scene(seed: int, config: SceneConfig = SceneConfig(), *, n_objects: int
     """The scene of ``seed`` (same seed and config → identical scene). ``n_objects``/``name_colours`` force."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if n_objects is not None and n_objects not in (1, 2):
-        raise ValueError(f"n_objects must be 1 or 2, got {n_objects!r}")
+    if n_objects is not None and n_objects not in (1, 2, 3):
+        raise ValueError(f"n_objects must be 1, 2 or 3, got {n_objects!r}")
     rng = np.random.default_rng([int(seed), 0x5EED])
     n = n_objects if n_objects is not None else (2 if rng.random() < config.p_two else 1)
+    if n_objects is None and n == 1 and config.p_three > 0 and rng.random() < config.p_three / (1 - config.p_two):
+        n = 3
     shapes = rng.choice(len(SHAPES), size=n, replace=False)
     colours = rng.choice(len(COLOURS), size=n, replace=False)
     names = list(COLOURS)
+    angles = rng.uniform(-config.rotation, config.rotation, size=n) if config.rotation else np.zeros(n)
     objects = tuple(
-        ShapeObject(SHAPES[int(s)], names[int(c)], cx, cy, r)
-        for s, c, (cx, cy, r) in zip(shapes, colours, place_shapes([SHAPES[int(s)] for s in shapes], config, rng))
+        ShapeObject(SHAPES[int(s)], names[int(c)], cx, cy, r, float(a) if SHAPES[int(s)] != "circle" else 0.0)
+        for s, c, a, (cx, cy, r) in zip(shapes, colours, angles,
+                                         place_shapes([SHAPES[int(s)] for s in shapes], config, rng, angles))
     )
     kind = BACKGROUNDS[int(rng.integers(0, len(BACKGROUNDS)))]
-    image, masks = render_scene(objects, _background(kind, config.size, rng))
+    background = _background(kind, config.size, rng)
+    if config.p_tinted and rng.random() < config.p_tinted:
+        background = _tint(background, [COLOURS[o.colour] for o in objects], rng)
+    if config.p_free_colour:
+        objects = tuple(_free_colour(o, background, rng) if rng.random() < config.p_free_colour else o
+                        for o in objects)
+    image, masks = render_scene(objects, background)
     if name_colours is not None:
         config = SceneConfig(**{**config.__dict__, "p_colour": 1.0 if name_colours else 0.0})
     caption, named = caption_for(objects, kind, rng, config)
     return Scene(int(seed), image, masks, objects, kind, caption, named)
+
+
+MIN_CONTRAST = 80.0  # least RGB distance between an object's colour and the background's mean colour
+
+
+def _tint(background: np.ndarray, keep_clear_of: Sequence[tuple[int, int, int]],
+          rng: np.random.Generator) -> np.ndarray:
+    """The grey background shifted towards a random colour whose mean stays ≥ MIN_CONTRAST from every object's."""
+    for _ in range(50):
+        shifted = np.clip(background.astype(np.int16) + rng.integers(-70, 71, size=3), 0, 255).astype(np.uint8)
+        mean = shifted.reshape(-1, 3).mean(0)
+        if all(np.linalg.norm(mean - np.array(c)) >= MIN_CONTRAST for c in keep_clear_of):
+            return shifted
+    return background
+
+
+def _free_colour(obj: ShapeObject, background: np.ndarray, rng: np.random.Generator) -> ShapeObject:
+    """``obj`` in a random unnamed colour (any hue, white and black included) that stands out of the background."""
+    mean = background.reshape(-1, 3).mean(0)
+    for _ in range(100):
+        rgb = rng.integers(0, 256, size=3)
+        if np.linalg.norm(rgb - mean) >= MIN_CONTRAST:
+            return replace(obj, colour="", rgb=(int(rgb[0]), int(rgb[1]), int(rgb[2])))
+    return obj
 
 
 def make_scenes(seeds: Iterable[int], config: SceneConfig = SceneConfig(), **kwargs) -> list[Scene]:

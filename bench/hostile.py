@@ -37,13 +37,25 @@ CONFIG = """<View><Image name="image" value="$image"/>
 <Label value="Square" predicted_values="square"/></PolygonLabels></View>"""
 
 
-def grey_png(path: Path, w: int, h: int, value: int = 128, bits: int = 8) -> Path:
-    """A valid w×h grey PNG written row by row (the pixels never exist in memory; a few KB to MB on disk)."""
+def grey_png(path: Path, w: int, h: int, value: int = 128, bits: int = 8, disc: int | None = None) -> Path:
+    """A valid w×h grey PNG written row by row (the pixels never exist in memory; a few KB to MB on disk); with
+    ``disc``, a disc of that grey value (radius a quarter of the short side) in the middle, an object to find."""
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    px = bytes([value]) if bits == 8 else struct.pack(">H", value * 257)
-    z, row = zlib.compressobj(6), b"\x00" + px * w
-    raw = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+
+    def px(v: int) -> bytes:
+        return bytes([v]) if bits == 8 else struct.pack(">H", v * 257)
+
+    def row(y: int) -> bytes:
+        if disc is None:
+            return b"\x00" + px(value) * w
+        r, cx, cy = min(w, h) / 4, w / 2, h / 2
+        half = max(0.0, r * r - (y + 0.5 - cy) ** 2) ** 0.5
+        x0, x1 = max(0, round(cx - half)), min(w, round(cx + half))
+        return b"\x00" + px(value) * x0 + px(disc) * (x1 - x0) + px(value) * (w - x1)
+
+    z = zlib.compressobj(6)
+    raw = b"".join(z.compress(row(y)) for y in range(h)) + z.flush()
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, bits, 0, 0, 0, 0))
                      + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
     return path
@@ -147,7 +159,7 @@ def attacks(url: str, root: Path, host: HostileHost, fetch_timeout: float) -> li
                          "big0": (4000, 4000)}.items():
         grey_png(root / f"{name}.png", w, h)
     grey_png(root / "big1.png", 4000, 4000, value=60)
-    grey_png(root / "deep.png", 1024, 768, value=200, bits=16)
+    grey_png(root / "deep.png", 1024, 768, value=120, bits=16, disc=240)  # a light disc: something to find
     host.encoded("/gzip2.png", gzip_of_zeros(2**30, layers=2), "gzip, gzip")
     host.encoded("/gzip1.png", gzip_of_zeros(2**30), "gzip")
     host.drip_headers("/drip.png", every=1.0, limit_s=4 * fetch_timeout)

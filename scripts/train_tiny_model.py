@@ -90,8 +90,14 @@ def world(args, p_two: float | None = None) -> SceneConfig:
 
 
 def scene_batch(seeds, cfg: SceneConfig) -> tuple[torch.Tensor, list]:
-    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes of ``cfg``'s world."""
-    scenes = [make_scene(int(s), cfg) for s in seeds]
+    """Images in [-1, 1] as a [B, 3, H, W] tensor, and the scenes of ``cfg``'s world (a seed whose shapes cannot
+    be placed — large radii with three objects, about 1 in 100 at radius 4–10 — is skipped)."""
+    scenes = []
+    for s in seeds:
+        try:
+            scenes.append(make_scene(int(s), cfg))
+        except RuntimeError:
+            continue
     x = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x, scenes
 

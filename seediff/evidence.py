@@ -20,12 +20,15 @@ shifted by log(m0 / (N − m0)) − log(m0 / (K0 − m0)) (Bayes' rule; :func:`p
 labels at a 3-class prior keep a few spurious ones per image by chance alone.
 
 Region quality: a second logistic model estimates each proposed region's IoU with the truth from the class's
-presence logit, the share of the word's cross-attention that falls inside the region, the region's area and
-the number of classes kept — so the score Label Studio shows can sort tasks worst-first.
+presence logit (clipped: past ±8 it says nothing more about the region), the share of the word's
+cross-attention that falls inside the region, the region's area, the number of classes kept, and the region's
+shape — how many pieces it falls into and how long its outline is against a disc's of the same area (ragged or
+broken regions are the wrong ones) — so the score Label Studio shows can sort tasks worst-first.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -42,7 +45,9 @@ __all__ = [
 
 FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)
 PRESENCE_FEATURES = ("log_attention_mass", "log_attention_peak", "loo_gain")
-REGION_FEATURES = ("presence_logit", "attention_inside", "area", "log_classes_kept")
+REGION_FEATURES = ("presence_logit_clipped", "attention_inside", "area", "log_classes_kept", "extra_pieces",
+                   "outline_ratio")
+LOGIT_CLIP = 8.0  # presence logits beyond ±this say nothing more about a region's quality
 _TINY = 1e-6
 
 
@@ -138,10 +143,17 @@ class PresenceModel:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "PresenceModel":
-        """From :meth:`to_dict`'s fields."""
-        region = data.get("region")
+        """From :meth:`to_dict`'s fields. A region model fitted on other features than today's
+        :data:`REGION_FEATURES` (an older release's) is left out with a warning: regions then keep the mask
+        method's own scores until ``bench/presence.py --write-model`` refits it; the presence decision still works."""
+        region = LogisticModel.from_dict(data["region"]) if data.get("region") else None
+        if region is not None and tuple(region.features) != REGION_FEATURES:
+            warnings.warn(f"seediff.json's region-score model uses features {tuple(region.features)}, this release "
+                          f"computes {REGION_FEATURES}: region scores fall back to the mask method's until it is "
+                          "refitted (bench/presence.py --write-model)", stacklevel=2)
+            region = None
         return cls(int(data["level"]), float(data["threshold"]), LogisticModel.from_dict(data["presence"]),
-                   LogisticModel.from_dict(region) if region else None, bool(data.get("keep_best", True)),
+                   region, bool(data.get("keep_best", True)),
                    str(data.get("about", "")), int(data.get("fitted_classes", 0)),
                    float(data.get("fitted_present", 0.0)))
 
@@ -252,12 +264,23 @@ def decide(words: Sequence[str], probs: Sequence[float], threshold: float, keep_
     return [w for i, w in enumerate(words) if p[i] > threshold or i == best or w in set(forced)]
 
 
+def region_shape(mask: np.ndarray) -> tuple[int, float]:
+    """(pieces beyond the first, outline length ÷ a disc's of the same area) of a non-empty bool mask."""
+    import cv2
+
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    pieces = cv2.connectedComponents(m, connectivity=8)[0] - 1
+    outline = sum(cv2.arcLength(c, True) for c in cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0])
+    return max(0, pieces - 1), float(outline / (2.0 * np.sqrt(np.pi * max(1, int(m.sum())))))
+
+
 def region_rows(maps, masks: np.ndarray, labels: Sequence[str], logits: Mapping[str, float], level: int,
                 batch: int = 0) -> np.ndarray:
-    """``[N, 4]`` rows in :data:`REGION_FEATURES` order for the N masks (``labels[i]`` ↔ ``masks[i]``).
+    """``[N, 6]`` rows in :data:`REGION_FEATURES` order for the N masks (``labels[i]`` ↔ ``masks[i]``).
 
     attention_inside: share of the word's (renormalised) cross-attention at ``level`` inside its mask; area:
-    the mask's share of the image; log_classes_kept: log of the number of non-empty masks.
+    the mask's share of the image; log_classes_kept: log of the number of non-empty masks; extra_pieces and
+    outline_ratio: :func:`region_shape`.
     """
     m = np.asarray(masks, dtype=bool)
     if m.ndim != 3 or len(m) != len(labels):
@@ -266,8 +289,10 @@ def region_rows(maps, masks: np.ndarray, labels: Sequence[str], logits: Mapping[
     rows = []
     for mask, word in zip(m, labels):
         inside = share_inside(maps.cross_maps(word, level, batch).float().mean(0), mask, _TINY)  # full size, banded
-        rows.append((float(logits[word]), inside, float(mask.mean()), float(np.log(kept))))
-    return np.asarray(rows, dtype=np.float64).reshape(len(m), 4)
+        pieces, outline = region_shape(mask) if mask.any() else (0, 0.0)
+        rows.append((float(np.clip(logits[word], -LOGIT_CLIP, LOGIT_CLIP)), inside, float(mask.mean()),
+                     float(np.log(kept)), float(pieces), outline))
+    return np.asarray(rows, dtype=np.float64).reshape(len(m), len(REGION_FEATURES))
 
 
 # ---- fitting (bench/presence.py) ------------------------------------------------------------------------------

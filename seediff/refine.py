@@ -21,9 +21,11 @@ import torch.nn.functional as F
 
 from .capture import upsample
 from .expand import gate_rows, summed_cosine
+from .masks import one_hot
 from .seeds import flat_rows, otsu_thresholds, rescale
 
-__all__ = ["background_seeds", "background_consistency", "pamr_affinity", "pamr", "image_tensor"]
+__all__ = ["background_seeds", "background_consistency", "pamr_affinity", "pamr", "image_tensor", "snap_size",
+           "snap_labels", "SNAP_BYTES"]
 
 
 def background_seeds(prob: torch.Tensor, power: float = 2.0) -> torch.Tensor:
@@ -157,3 +159,35 @@ def pamr(
                 k += 1
         src = out
     return src
+
+
+# ---- boundary snap at the photo's size ----------------------------------------------------------------------
+
+SNAP_BYTES = 64 << 20  # working memory the snap may take (one-hot stack, its buffers, affinities, the image)
+
+
+def snap_size(out_hw: tuple[int, int], work_hw: tuple[int, int], max_side: int, n: int,
+              dilations: Sequence[int]) -> tuple[int, int] | None:
+    """(H, W) the boundary snap runs at: the photo's size, its long side capped at ``max_side`` and its pixels
+    by :data:`SNAP_BYTES`; None when that is no larger than the working size (nothing to snap)."""
+    h, w = out_hw
+    per_pixel = 4 * (3 * (n + 1) + 8 * len(dilations) + 64)  # fp32: stack + 2 buffers, affinities, 9×3 image stacks
+    s = min(1.0, max_side / max(h, w), (SNAP_BYTES / per_pixel / (h * w)) ** 0.5)
+    hw = (max(1, int(h * s)), max(1, int(w * s)))
+    return hw if hw[0] > work_hw[0] or hw[1] > work_hw[1] else None
+
+
+def snap_labels(image: torch.Tensor, labels: torch.Tensor, n: int, dilations: Sequence[int] = (1, 2),
+                iterations: int = 10, sigma_scale: float = 0.2, allowed: Sequence[torch.Tensor | None] = ()
+                ) -> torch.Tensor:
+    """int64 ``[H, W]`` labels moved onto the photo's edges: PAMR of the one-hot labels (background included)
+    on the ``[3, H, W]`` image at that size, then argmax; a class keeps out of pixels its ``allowed`` mask
+    (user boxes) excludes. Masks made at the attention's size are blocky once enlarged to a larger photo; the
+    photo's own colours say where the edges are."""
+    if labels.shape != image.shape[-2:]:
+        raise ValueError(f"labels {tuple(labels.shape)} and image {tuple(image.shape)} must share H, W")
+    refined = pamr(one_hot(labels, n), pamr_affinity(image, dilations, sigma_scale), dilations, iterations)
+    for i, b in enumerate(allowed):
+        if b is not None:
+            refined[i + 1] = torch.where(b, refined[i + 1], torch.zeros_like(refined[i + 1]))
+    return refined.argmax(0)

@@ -2,7 +2,8 @@
 
 Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → the
 method's allowed pixels (boxes) cut the maps → exclusive labels (argmax with a background channel) → the method's
-refinement → resize to the image size (in bands, about one byte per pixel: :mod:`seediff.upsample`). A class
+refinement → the method's boundary snap at the photo's size, if any → resize to the image size (in bands, about
+one byte per pixel: :mod:`seediff.upsample`). A class
 whose word is absent or whose maps are flat gets an empty mask and a reason.
 """
 
@@ -13,15 +14,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .capture import AttentionMaps
 from .masks import ClassMasks, assign_labels, class_scores
 from .methods import METHODS, get_method
 from .prompts import check_classes
+from .refine import image_tensor, snap_labels, snap_size
 from .seeds import user_prompts
 from .upsample import upsample_labels
 
-__all__ = ["segment", "output_hw", "working_hw", "model_side", "as_fp32"]
+__all__ = ["segment", "snapped", "output_hw", "working_hw", "model_side", "as_fp32"]
 
 # ---- sizes --------------------------------------------------------------------------------------------------
 
@@ -69,6 +72,23 @@ def model_side(maps: AttentionMaps, out_hw: tuple[int, int]) -> int:
     """
     seen = maps.meta.get("image_hw") or out_hw
     return int(max(seen))
+
+
+def snapped(maps: AttentionMaps, labels: torch.Tensor, n: int, snap, hw: tuple[int, int], out_hw: tuple[int, int],
+            boxes_px: list, notes: list[str]) -> torch.Tensor:
+    """``labels`` moved onto the photo's edges at the snap's size (:func:`seediff.refine.snap_labels`), or as they
+    are when the method has no snap, the maps carry no image, nothing is labelled or the photo is no larger."""
+    if snap is None or maps.image is None or not bool(labels.any()):
+        return labels
+    iterations, dilations, sigma_scale, max_side = snap
+    size = snap_size(out_hw, hw, max_side, n, dilations)
+    if size is None:
+        return labels
+    big = torch.from_numpy(upsample_labels(labels, n, size).astype(np.int64))
+    allowed = [None if b is None else F.interpolate(b[None, None].float(), size=size, mode="nearest")[0, 0] > 0
+               for b in boxes_px]
+    notes.append(f"boundaries snapped to the photo at {size[1]}x{size[0]}")
+    return snap_labels(image_tensor(maps.image, size), big, n, dilations, iterations, sigma_scale, allowed)
 
 
 def segment(
@@ -119,8 +139,9 @@ def segment(
         candidates = [bool((probs[i] > thresholds[i]).any()) for i in range(len(classes))]
         notes: list[str] = []
         labels = mask_method.refine(maps, labels, len(classes), config, hw, boxes_px, cache, notes)
-        final = upsample_labels(labels, len(classes), out_hw)  # ~1 byte per pixel at the photo's size
         scores = class_scores(probs, labels)
+        labels = snapped(maps, labels, len(classes), mask_method.snap(config), hw, out_hw, boxes_px, notes)
+        final = upsample_labels(labels, len(classes), out_hw)  # ~1 byte per pixel at the photo's size
     masks = np.empty((len(classes), *final.shape), dtype=bool)
     for i in range(len(classes)):
         np.equal(final, i + 1, out=masks[i])

@@ -29,9 +29,10 @@ __all__ = ["PredictOptions", "model_version_for", "read_photo_for", "task_masks"
 
 # Bumped when a release changes what the same settings propose (2: presence decided by default, clicks that
 # follow the hand, one control type per project; 3: presence without the attention-mass feature and with the
-# prior of the label set's size), so Label Studio retrieves tasks again instead of keeping proposals of the
-# older rules under the same name.
-PROPOSALS_REVISION = 3
+# prior of the label set's size; 4: builtin:shapes retrained on a richer world, edges snapped to the photo,
+# region scores from the region's shape too), so Label Studio retrieves tasks again instead of keeping
+# proposals of the older rules under the same name.
+PROPOSALS_REVISION = 4
 
 
 def model_version_for(model: str, method: str, mode: str, t: int) -> str:

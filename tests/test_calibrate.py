@@ -135,10 +135,14 @@ def test_consistent_evidence_moves_the_settings_and_helps_on_new_scenes(shapes_p
 
     identity = Calibration("seediff", "pamr_threshold")
     assert held_out_miou(calibration) >= held_out_miou(identity) - 0.005
-    # Shrinkage puts every fitted value between the default and the unshrunk fit.
+    # Shrinkage puts every fitted value between the default and the unshrunk fit. The region-score threshold is
+    # fitted on what the presence decision keeps, so it is comparable only where both presence thresholds agree
+    # (builtin:shapes' 4th stage: a label's shrunk P threshold 0.62 vs 0.87 unshrunk gave score thresholds 0.05 vs 0).
     for w, c in calibration.labels.items():
         u = unshrunk.labels[w]
-        assert 0.0 <= c.threshold <= u.threshold + 1e-9
+        if c.presence_threshold == u.presence_threshold:
+            assert 0.0 <= c.threshold <= u.threshold + 1e-9
+        assert 0.0 <= c.threshold <= 1.0
         if c.presence_threshold is not None:
             lo, hi = sorted([presence, u.presence_threshold])
             assert lo - 1e-9 <= c.presence_threshold <= hi + 1e-9

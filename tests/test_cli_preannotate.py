@@ -39,14 +39,14 @@ def test_label_plan_from_the_e2e_config():
 
 
 def test_model_version_names_the_settings():
-    assert model_version_for("/models/sd15/", "seediff", "noise", 100) == "seediff-sd15-seediff-noise-t100-r3"
-    assert model_version_for("builtin:shapes", "daam", "invert", 100) == "seediff-builtin_shapes-daam-invert-r3"
+    assert model_version_for("/models/sd15/", "seediff", "noise", 100) == "seediff-sd15-seediff-noise-t100-r4"
+    assert model_version_for("builtin:shapes", "daam", "invert", 100) == "seediff-builtin_shapes-daam-invert-r4"
 
 
 def test_the_control_type_is_a_prediction_option_with_its_own_model_version():
     """--control / SEEDIFF_CONTROL: polygons by default (model_version unchanged), brush or both named in it."""
     default = options_of({"model": "builtin:shapes"})
-    assert default.control == "polygon" and default.model_version == "seediff-builtin_shapes-seediff-noise-t100-r3"
+    assert default.control == "polygon" and default.model_version == "seediff-builtin_shapes-seediff-noise-t100-r4"
     versions = {options_of({"model": "builtin:shapes", "control": c}).model_version for c in ("polygon", "brush", "both")}
     assert len(versions) == 3
     with pytest.raises(ValueError, match="control must be one of polygon, brush, both, got 'rle'"):

@@ -7,8 +7,8 @@ import pytest
 
 import seediff
 from seediff.defaults import parse_model_defaults
-from seediff.evidence import (PRESENCE_FEATURES, LogisticModel, PresenceModel, decide, fit_logistic, loo_gains,
-                              loo_prompts, prior_shift)
+from seediff.evidence import (PRESENCE_FEATURES, REGION_FEATURES, LogisticModel, PresenceModel, decide, fit_logistic,
+                              loo_gains, loo_prompts, prior_shift, region_shape)
 from seediff.pipeline import BUILTIN_MODELS
 from seediff.testing.shapes import SHAPES, make_scene
 from seediff.testing.shifted import ShiftedConfig, make_shifted_scene, shifted_split, world_split
@@ -52,10 +52,34 @@ def test_loo_prompts_and_gains():
         loo_gains([0.5])
 
 
+def test_region_shape_counts_pieces_and_outline_against_a_disc():
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2
+    pieces, ratio = region_shape(disc)
+    assert pieces == 0 and 0.95 < ratio < 1.1  # a disc's outline is a disc's
+    cut = disc.copy(); cut[:, 30:34] = False
+    assert region_shape(cut)[0] == 1 and region_shape(cut)[1] > 1.5  # two halves: one extra piece, longer outline
+    comb = np.zeros((64, 64), bool); comb[10:50, 10:50:4] = True  # ten thin bars
+    assert region_shape(comb) == (9, pytest.approx(region_shape(comb)[1])) and region_shape(comb)[1] > 3
+
+
+def test_a_region_model_of_older_features_is_left_out_with_a_warning():
+    """A seediff.json fitted by an older release (4 region features) still loads: presence works, region scores
+    fall back to the mask method's until refitted."""
+    data = json.loads((BUILTIN_MODELS["builtin:shapes"] / "seediff.json").read_text())["presence"]
+    old = dict(data, region=dict(data["region"], features=["presence_logit", "attention_inside", "area",
+                                                           "log_classes_kept"],
+                                 mean=[0.0] * 4, scale=[1.0] * 4, weights=[1.0] * 4))
+    with pytest.warns(UserWarning, match="refitted"):
+        pm = PresenceModel.from_dict(old)
+    assert pm.region is None and pm.presence == PresenceModel.from_dict(data).presence
+
+
 def test_shipped_presence_model_parses():
     data = json.loads((BUILTIN_MODELS["builtin:shapes"] / "seediff.json").read_text())
     defaults = parse_model_defaults(data)
     assert isinstance(defaults.presence, PresenceModel) and defaults.presence.region is not None
+    assert tuple(defaults.presence.region.features) == REGION_FEATURES
     bad = dict(data, presence=dict(data["presence"], threshold=1.5))
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
         parse_model_defaults(bad)
@@ -79,10 +103,10 @@ def test_prior_shift_for_larger_label_sets_and_feature_subsets():
 
 
 def test_predictor_drops_absent_classes_by_default(model):
-    """Ten one-object scenes of the benchmark split, every class asked: the object's class is kept with a good
+    """Twenty one-object scenes of the benchmark split, every class asked: the object's class is kept with a good
     mask, absent classes get no region (a reason instead) in most scenes; presence=False brings them back."""
     kept_good = clean = 0
-    for seed in range(100_000, 100_010):
+    for seed in range(100_000, 100_020):
         scene = make_scene(seed, n_objects=1)
         predictor = seediff.SeeDiffPredictor.from_model(model)
         predictor.set_image(scene.image, "a photo of a circle and a square and a triangle")
@@ -94,9 +118,10 @@ def test_predictor_drops_absent_classes_by_default(model):
         absent = [c for c in SHAPES if c != present]
         clean += not any(out.mask(c).any() for c in absent)
         assert all("judged absent" in out.reasons[c] for c in absent if not out.mask(c).any() and c in out.reasons)
-    # 8 of 10 here (scene 100008 keeps a spurious circle over the square); the 160-scene aggregate is in
-    # docs/QUALITY.md (bench/presence.py): mIoU 0.880, 84 % of regions IoU ≥ 0.8
-    assert kept_good >= 8 and clean >= 8, (kept_good, clean)
+    # measured 17 and 18 of 20 (100000: the circle's mask lands off the circle; 100007: a spurious circle takes
+    # part of the square; 100016: a spurious triangle); the 160-scene aggregate is in docs/QUALITY.md
+    # (bench/presence.py): mIoU 0.915, 91 % of regions IoU ≥ 0.8
+    assert kept_good >= 16 and clean >= 16, (kept_good, clean)
     every = predictor.predict(list(SHAPES), presence=False)  # the switch: every class segmented
     assert sum(m.any() for m in every.masks) > 1
 

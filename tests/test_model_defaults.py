@@ -1,6 +1,6 @@
 """A model folder may ship ``seediff.json``: the mask-method settings (and the presence threshold) measured best
 for that model, loaded once as a typed ``ModelDefaults`` with the model and passed to whoever uses them.
-builtin:shapes ships seed_levels=(1,), pamr_threshold=0.6 and presence_threshold=-0.002; every path that loads it
+builtin:shapes ships seed_levels=(1,), pamr_threshold=0.6 and presence_threshold=0.0005; every path that loads it
 (backend, CLI synthesize/annotate/show, preannotate, predictor) gets them."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from seediff.defaults import ModelDefaults, parse_model_defaults
 from seediff.methods import SeeDiffConfig
 from seediff.pipeline import BUILTIN_MODELS, ModelLoadError, load_model, model_defaults
 
-SHAPES_CONFIG = SeeDiffConfig(seed_levels=(1,), pamr_threshold=0.6)
+SHAPES_CONFIG = SeeDiffConfig(seed_levels=(1,), pamr_threshold=0.6, snap_iterations=5, snap_dilations=(1, 2))
 
 
 def test_builtin_shapes_ships_its_measured_settings():
     d = model_defaults(BUILTIN_MODELS["builtin:shapes"])
-    assert d == ModelDefaults({"seediff": SHAPES_CONFIG}, presence_threshold=-0.002, presence=d.presence)
+    assert d == ModelDefaults({"seediff": SHAPES_CONFIG}, presence_threshold=0.0005, presence=d.presence)
     assert d.presence is not None and d.presence.level == 1  # fitted by bench/presence.py (tests/test_evidence.py)
     assert d.config("seediff") == SHAPES_CONFIG and d.config("diffumask") == DiffuMaskConfig()
 
@@ -107,5 +107,5 @@ def test_builtin_shapes_defaults_reach_every_path(tmp_path):
                       '<Label value="circle"/><Label value="square"/></BrushLabels></View>')
     image = Image.new("RGB", (32, 32), (30, 40, 200))
     predictor = read_photo_for(backend.loaded, image, plan.classes, PredictOptions())
-    assert predictor.defaults.presence_threshold == -0.002
+    assert predictor.defaults.presence_threshold == 0.0005
     assert task_masks(predictor, plan.classes, PredictOptions()).config == SHAPES_CONFIG

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from mask_fixtures import block_labels, block_self_attention, two_colour_image
 from seediff.expand import row_normalize
-from seediff.refine import background_consistency, background_seeds, image_tensor, pamr, pamr_affinity
+from seediff.refine import (SNAP_BYTES, background_consistency, background_seeds, image_tensor, pamr, pamr_affinity,
+                            snap_labels, snap_size)
 
 
 def test_background_seeds_below_otsu():
@@ -147,3 +148,32 @@ def test_pamr_dilations_and_errors():
         pamr_affinity(img, sigma_scale=0)
     with pytest.raises(ValueError, match="HxWx3"):
         image_tensor(np.zeros((4, 4)))
+
+
+# ---- boundary snap ------------------------------------------------------------------------------------------
+
+
+def test_snap_size_is_the_photo_capped_by_side_and_memory():
+    assert snap_size((128, 96), (32, 24), 1024, 3, (1, 2)) == (128, 96)
+    assert snap_size((32, 24), (32, 24), 1024, 3, (1, 2)) is None  # no larger than the working size: nothing to do
+    assert snap_size((4000, 3000), (256, 192), 1024, 3, (1, 2)) == (493, 369)  # the 64 MiB budget binds first
+    assert snap_size((20000, 20000), (512, 512), 20000, 50, (1, 2)) is None  # the budget allows less than 512²
+    h, w = snap_size((20000, 20000), (128, 128), 20000, 50, (1, 2))  # a huge photo, many classes: the byte cap
+    assert h == w and h * w * 4 * (3 * 51 + 16 + 64) <= SNAP_BYTES and h > 200
+
+
+def test_snap_moves_a_blocky_boundary_onto_the_colour_edge():
+    """Labels made on a 16-px grid put the edge at column 32 of a 64-px photo whose colours change at 29."""
+    img = image_tensor(two_colour_image((64, 64), split=0.45))
+    truth = block_labels((64, 64), split=0.45) == 0
+    blocky = torch.where(torch.arange(64)[None].expand(64, 64) < 32, 1, 2)
+    out = snap_labels(img, blocky, 2, iterations=10)
+    assert out.dtype == torch.int64 and out.shape == (64, 64) and set(out.unique().tolist()) == {1, 2}
+    assert ((blocky == 1) != truth).sum() == 3 * 64
+    assert ((out == 1) != truth).sum() <= 5  # of 192 (measured: 3, single pixels the image's noise holds)
+    # a class kept out of a region (its user box) loses those pixels to the next best channel
+    box = torch.zeros(64, 64, dtype=torch.bool); box[:, :20] = True
+    cut = snap_labels(img, blocky, 2, iterations=10, allowed=[box, None])
+    assert not ((cut == 1) & ~box).any() and (cut == 1).sum() == 64 * 20
+    with pytest.raises(ValueError, match="must share H, W"):
+        snap_labels(img, blocky[:32], 2)

@@ -63,6 +63,22 @@ def test_pamr_snaps_overshooting_mask_to_colour_edge():
     assert np.array_equal(aligned, gt)  # a mask already on the edge stays there
 
 
+def test_boundary_snap_follows_the_photo_past_the_attention_grid():
+    """A 64-px photo read by a 16-px model: without the snap the mask's edge sits on the grid (column 32), with
+    it on the photo's colour edge (column 29); a photo no larger than the working size is left alone."""
+    img = two_colour_image((64, 64), split=0.45)
+    gt = (block_labels((64, 64), split=0.45) == 0).numpy()
+    maps = _dog_maps(original_hw=(64, 64), image=img)
+    maps.meta["image_hw"] = (16, 16)
+    plain = segment(maps, "dog", config=NO_PAMR)
+    snapped = segment(maps, "dog", config=dataclasses.replace(NO_PAMR, snap_iterations=10))
+    assert (plain.masks[0] != gt).sum() == 3 * 64
+    assert (snapped.masks[0] != gt).sum() <= 5
+    assert snapped.notes == ["boundaries snapped to the photo at 64x64"] and plain.notes == []
+    small = _dog_maps(image=two_colour_image((16, 16)))
+    assert segment(small, "dog", config=SeeDiffConfig(snap_iterations=5)).notes == []
+
+
 def test_pamr_skipped_without_image_is_noted():
     r = segment(_dog_maps(), "dog")
     assert r.notes == ["PAMR skipped: the maps carry no image"]
@@ -206,7 +222,8 @@ def test_errors():
         (dict(pamr_iterations=2.5), "pamr_iterations"), (dict(pamr_dilations=(0,)), "pamr_dilations"),
         (dict(pamr_sigma_scale=0.0), "pamr_sigma_scale"), (dict(seed_power=0), "seed_power"),
         (dict(upsample="nearest"), "upsample"), (dict(work_max_side=4), "work_max_side"),
-        (dict(flat_eps=0), "flat_eps"),
+        (dict(flat_eps=0), "flat_eps"), (dict(snap_iterations=-1), "snap_iterations"),
+        (dict(snap_dilations=()), "snap_dilations"), (dict(snap_max_side=4), "snap_max_side"),
     ],
 )
 def test_seediff_config_validation(kw, match):

@@ -52,3 +52,30 @@ def test_upscaled_photo_gives_the_native_masks(shapes_pipe, seed):
         down = np.asarray(Image.fromarray(large.mask(w)).resize((32, 32), Image.NEAREST))
         inter, union = (down & truth).sum(), (down | truth).sum()
         assert inter / union >= 0.9, f"{w}: IoU {inter / union:.2f} on the upscaled photo"
+
+
+def test_shipped_boundary_snap_lifts_128px_scenes_past_the_attention_grid(shapes_pipe):
+    """builtin:shapes reads a 128-px shifted-world scene at 32 px; its seediff.json turns on the boundary snap,
+    which puts the edges on the photo's (measured on 8 dev scenes, the words of the objects present: mean
+    IoU 0.89 → 0.99; per scene never worse)."""
+    import dataclasses
+
+    from seediff.defaults import read_model_defaults
+    from seediff.pipeline import BUILTIN_MODELS
+    from seediff.testing.shifted import shifted_split
+
+    cfg = read_model_defaults(BUILTIN_MODELS["builtin:shapes"]).config("seediff")
+    assert cfg.snap_iterations > 0
+    gains = []
+    for s in shifted_split("dev", 8):
+        prompt = "a photo of " + " and ".join(f"a {w}" for w in s.classes)
+        maps = read_photo(shapes_pipe, s.image, prompt, t=100).maps_for(0)
+        iou = {}
+        for k in (0, cfg.snap_iterations):
+            out = segment(maps, s.classes, config=dataclasses.replace(cfg, snap_iterations=k))
+            assert out.masks.shape[1:] == (128, 128)
+            iou[k] = np.mean([(out.mask(w) & s.class_mask(w)).sum() / (out.mask(w) | s.class_mask(w)).sum()
+                              for w in s.classes])
+        gains.append(iou[cfg.snap_iterations] - iou[0])
+        assert iou[cfg.snap_iterations] >= iou[0] - 0.01
+    assert np.mean(gains) >= 0.05, gains

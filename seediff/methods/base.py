@@ -57,5 +57,10 @@ class MaskMethod(ABC):
         """Refined exclusive labels ``[H, W]`` (0 = background); the default keeps them as they are."""
         return labels
 
+    def snap(self, config) -> tuple[int, tuple[int, ...], float, int] | None:
+        """The boundary snap at the photo's size (:func:`seediff.refine.snap_labels`): (iterations, dilations,
+        sigma_scale, max_side), or None (the default: labels are only resized)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from .masks import box_slices
+
 __all__ = [
     "mask_to_polygons", "polygons_to_mask", "mask_to_rle", "rle_to_mask", "has_holes",
     "encode_segmentation", "segmentation_to_mask", "area_bbox", "check_polygons", "check_rle", "segmentation_to_rle",
@@ -55,16 +57,16 @@ def _lattice_rings(mask: np.ndarray) -> list[np.ndarray]:
     place; the same rings in the same order) and it is dilated in place: about 8 bytes per pixel of the box.
     """
     m = _check_mask(mask)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if not len(rows):
+    box = box_slices(m)
+    if box is None:
         return []
-    m = m[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    m = m[box]
     h, w = m.shape
     lattice = np.zeros((2 * h + 1, 2 * w + 1), np.uint8)
     lattice[1::2, 1::2] = m
     cv2.dilate(lattice, np.ones((3, 3), np.uint8), dst=lattice)
     contours, hierarchy = cv2.findContours(lattice, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE,
-                                           offset=(2 * int(cols[0]), 2 * int(rows[0])))
+                                           offset=(2 * box[1].start, 2 * box[0].start))
     if hierarchy is None:
         return []
     return [c.reshape(-1, 2) for c, entry in zip(contours, hierarchy[0]) if entry[3] == -1]

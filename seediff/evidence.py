@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .masks import box_slices
 from .upsample import share_inside
 
 __all__ = [
@@ -265,10 +266,12 @@ def decide(words: Sequence[str], probs: Sequence[float], threshold: float, keep_
 
 
 def region_shape(mask: np.ndarray) -> tuple[int, float]:
-    """(pieces beyond the first, outline length ÷ a disc's of the same area) of a non-empty bool mask."""
+    """(pieces beyond the first, outline length ÷ a disc's of the same area) of a non-empty bool mask, worked out
+    on its bounding box with a background border (the photo's size would cost a full-size copy and label map)."""
     import cv2
 
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    m = np.asarray(mask, dtype=bool)
+    m = np.pad(m[box_slices(m)], 1).view(np.uint8)
     pieces = cv2.connectedComponents(m, connectivity=8)[0] - 1
     outline = sum(cv2.arcLength(c, True) for c in cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0])
     return max(0, pieces - 1), float(outline / (2.0 * np.sqrt(np.pi * max(1, int(m.sum())))))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "ClassMasks", "assign_labels", "resolve_overlaps", "one_hot", "class_scores", "resize_stack",
+    "ClassMasks", "assign_labels", "resolve_overlaps", "one_hot", "class_scores", "resize_stack", "box_slices",
 ]
 
 
@@ -135,3 +135,11 @@ def class_scores(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     own = (idx[None] == torch.arange(1, n + 1, device=idx.device)[:, None]).float()
     count = own.sum(1)
     return torch.where(count > 0, (flat * own).sum(1) / count.clamp_min(1), torch.zeros_like(count))
+
+
+def box_slices(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """(rows, cols) slices of a 2-D mask's bounding box (None when it is empty): work on the box, not the photo."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)

@@ -3,8 +3,8 @@
 Sizes (output, working) → class-word checks → user points/boxes → the method's probability maps → the
 method's allowed pixels (boxes) cut the maps → exclusive labels (argmax with a background channel) → the method's
 refinement → the method's boundary snap at the photo's size, if any → resize to the image size (in bands, about
-one byte per pixel: :mod:`seediff.upsample`). A class
-whose word is absent or whose maps are flat gets an empty mask and a reason.
+one byte per pixel: :mod:`seediff.upsample`). A class whose word is absent or whose maps are flat gets an empty
+mask and a reason.
 """
 
 from __future__ import annotations

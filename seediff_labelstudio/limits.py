@@ -174,8 +174,8 @@ SEGMENT_FIXED_BYTES = 96 * 2**20  # bands, probes and allocator slack, whatever 
 def segment_bytes(size: tuple[int, int], classes: int) -> int:
     """Bytes one task needs to be read and segmented at its full size, predictor copies and transients included:
     96 MiB + (classes + 20) per pixel. The 96 MiB also holds the engine's boundary snap
-    (``seediff.refine.SNAP_BYTES``, 64 MiB at most), which is freed before the bands of the full-size steps. Per pixel: the fetched photo (4 bytes: PIL keeps RGB in 4), the
-    predictor's photo (4) and pixel array (3), the label map (1) and a mask per class (1 each), the largest
+    (``seediff.refine.SNAP_BYTES``, 64 MiB at most), which is freed before the bands of the full-size steps.
+    Per pixel: the fetched photo (4 bytes: PIL keeps RGB in 4), the predictor's photo (4) and pixel array (3), the label map (1) and a mask per class (1 each), the largest
     transient, a polygon's half-pixel lattice and OpenCV's copy of it (8 on the mask's bounding box), and the
     allocator's slack. A bound on bench/hostile.py's calibration rows (a fresh backend per photo of shapes, from
     3000×3000 with 5 classes, one mask spanning the photo, to 6000×6000 with 2; results in

@@ -2,10 +2,10 @@
 
 Drawn by another generator than :mod:`seediff.testing.shapes`: shapes are rasterised by PIL (not by pixel-centre
 tests), rotated a little, at other sizes, 1–3 objects per image (distinct shapes, as a label is present or not;
-``repeats=True`` lets a shape repeat, a harder diagnostic), in colours outside
-the six the shapes world names (white, orange, pink, brown, teal, black; purple and yellow are words the shapes
-world uses with other shades; the bundled model, trained on the shapes world's rich options, saw arbitrary colours
-only unnamed), with per-object shade jitter, on plain, striped or noisy backgrounds that are *coloured* (the shapes world's are grey).
+``repeats=True`` lets a shape repeat, a harder diagnostic), in colours outside the six the shapes world names
+(white, orange, pink, brown, teal, black; purple and yellow are words the shapes world uses with other shades; the
+bundled model, trained on the shapes world's rich options, saw arbitrary colours only unnamed), with per-object
+shade jitter, on plain, striped or noisy backgrounds that are *coloured* (the shapes world's are grey).
 Default size 128 px, the size of the Label Studio e2e scenes. Every scene is a pure function of its seed.
 
 Fixed splits (seed ranges) of both worlds live here so that tuning (``dev``) and reporting (``test``) never mix:

@@ -19,11 +19,18 @@ classes present per image); with N classes the prior odds of each one are m0 / (
 shifted by log(m0 / (N − m0)) − log(m0 / (K0 − m0)) (Bayes' rule; :func:`prior_shift`). Without it, 97 absent
 labels at a 3-class prior keep a few spurious ones per image by chance alone.
 
-Region quality: a second logistic model estimates each proposed region's IoU with the truth from the class's
-presence logit (clipped: past ±8 it says nothing more about the region), the share of the word's
-cross-attention that falls inside the region, the region's area, the number of classes kept, and the region's
-shape — how many pieces it falls into and how long its outline is against a disc's of the same area (ragged or
-broken regions are the wrong ones) — so the score Label Studio shows can sort tasks worst-first.
+Region quality, in two steps, so the score Label Studio shows estimates each region's IoU with the truth and
+can sort tasks worst-first:
+- is the region the labelled object at all? A logistic model over the class's presence logit (clipped: past
+  ±8 it says nothing more about the region), the share of the word's cross-attention inside the region, its
+  area, the number of classes kept and its shape (pieces, outline against a disc's of the same area: ragged or
+  broken regions are the wrong ones), fitted on right (IoU ≥ 0.5) / wrong regions;
+- how well does it follow the object? The region's *edge disagreement* on the photo: the share of its boundary
+  band whose colour sides with the other side (pixels just outside nearer the region's colour than the local
+  background's, pixels just inside nearer the background's). 0 when the outline runs along a colour edge.
+The IoU estimate is a logistic model over the object model's doubt (its log-odds, capped at 0: a region more
+likely right than wrong is ranked by its edges alone, not by how sure the presence test was) and the edge
+disagreement, fitted on the regions' IoUs.
 """
 
 from __future__ import annotations
@@ -39,16 +46,20 @@ from .masks import box_slices
 from .upsample import share_inside
 
 __all__ = [
-    "LogisticModel", "PresenceModel", "PRESENCE_FEATURES", "REGION_FEATURES", "presence_logits",
-    "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains", "presence_rows", "decide",
-    "region_rows", "fit_logistic", "sigmoid",
+    "LogisticModel", "PresenceModel", "RegionModel", "PRESENCE_FEATURES", "REGION_FEATURES", "IOU_FEATURES",
+    "presence_logits", "attention_evidence", "prior_shift", "loo_prompts", "loo_errors", "loo_gains",
+    "presence_rows", "decide", "region_rows", "edge_disagreement", "region_edges", "iou_rows",
+    "fit_region_model", "fit_logistic", "sigmoid",
 ]
 
 FALLBACK_GAIN_SCALE = 0.01  # without a fitted model: logit = loo_gain / this (a 1 % error change = 1 logit)
 PRESENCE_FEATURES = ("log_attention_mass", "log_attention_peak", "loo_gain")
+IOU_FEATURES = ("object_doubt", "edge_disagreement")
 REGION_FEATURES = ("presence_logit_clipped", "attention_inside", "area", "log_classes_kept", "extra_pieces",
                    "outline_ratio")
 LOGIT_CLIP = 8.0  # presence logits beyond ±this say nothing more about a region's quality
+EDGE_RING = 4  # px: the local background a region's edge is judged against lies 2..this px outside it
+EDGE_MAX_SIDE = 1024  # px: a larger region's box is judged at this size (bounded memory on huge photos)
 _TINY = 1e-6
 
 
@@ -104,6 +115,34 @@ class LogisticModel:
 
 
 @dataclass(frozen=True)
+class RegionModel:
+    """A region's IoU estimate: ``object`` (P(the region is the labelled object) over :data:`REGION_FEATURES`)
+    feeding ``iou`` (over :data:`IOU_FEATURES`), see :func:`iou_rows`."""
+
+    object: LogisticModel
+    iou: LogisticModel
+
+    def __post_init__(self) -> None:
+        if tuple(self.object.features) != REGION_FEATURES:
+            raise ValueError(f"the object model's features must be {REGION_FEATURES}, got {self.object.features}")
+        if tuple(self.iou.features) != IOU_FEATURES:
+            raise ValueError(f"the IoU model's features must be {IOU_FEATURES}, got {self.iou.features}")
+
+    def predict(self, rows: np.ndarray, disagreement: Sequence[float]) -> np.ndarray:
+        """IoU estimates ``[N]`` from :func:`region_rows` rows and each region's :func:`edge_disagreement`."""
+        return self.iou.predict(iou_rows(self.object.logit(rows), disagreement))
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields."""
+        return {"object": self.object.to_dict(), "iou": self.iou.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "RegionModel":
+        """From :meth:`to_dict`'s fields."""
+        return cls(LogisticModel.from_dict(data["object"]), LogisticModel.from_dict(data["iou"]))
+
+
+@dataclass(frozen=True)
 class PresenceModel:
     """A model's presence decision and region-quality estimate (``seediff.json``'s ``presence`` section).
 
@@ -112,13 +151,14 @@ class PresenceModel:
 
     level: cross-attention level the attention evidence is read at. threshold: P(present) above which a class
     is kept. keep_best: with two or more classes, the best-scoring one is always kept (a photo shows at least
-    one label). presence / region: the fitted logistic models. about: where the numbers come from.
+    one label). presence / region: the fitted models (region: None keeps the mask method's scores). about:
+    where the numbers come from.
     """
 
     level: int
     threshold: float
     presence: LogisticModel
-    region: LogisticModel | None = None
+    region: RegionModel | None = None
     keep_best: bool = True
     about: str = ""
     fitted_classes: int = 0
@@ -133,8 +173,8 @@ class PresenceModel:
         if self.fitted_classes and not 0.0 < self.fitted_present < self.fitted_classes:
             raise ValueError(f"fitted_present must be in (0, fitted_classes={self.fitted_classes}), "
                              f"got {self.fitted_present}")
-        if self.region is not None and tuple(self.region.features) != REGION_FEATURES:
-            raise ValueError(f"region features must be {REGION_FEATURES}, got {self.region.features}")
+        if self.region is not None and not isinstance(self.region, RegionModel):
+            raise TypeError(f"region must be a RegionModel, got {type(self.region).__name__}")
 
     def to_dict(self) -> dict:
         """JSON-ready fields."""
@@ -144,15 +184,18 @@ class PresenceModel:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "PresenceModel":
-        """From :meth:`to_dict`'s fields. A region model fitted on other features than today's
-        :data:`REGION_FEATURES` (an older release's) is left out with a warning: regions then keep the mask
-        method's own scores until ``bench/presence.py --write-model`` refits it; the presence decision still works."""
-        region = LogisticModel.from_dict(data["region"]) if data.get("region") else None
-        if region is not None and tuple(region.features) != REGION_FEATURES:
-            warnings.warn(f"seediff.json's region-score model uses features {tuple(region.features)}, this release "
-                          f"computes {REGION_FEATURES}: region scores fall back to the mask method's until it is "
-                          "refitted (bench/presence.py --write-model)", stacklevel=2)
-            region = None
+        """From :meth:`to_dict`'s fields. A region model of an older release (one logistic model, or features
+        other than today's) is left out with a warning: regions then keep the mask method's own scores until
+        ``bench/presence.py --write-model`` refits it; the presence decision still works."""
+        region = None
+        if data.get("region"):
+            try:
+                region = RegionModel.from_dict(data["region"])
+            except (KeyError, TypeError, ValueError) as exc:
+                warnings.warn(f"seediff.json's region-score model is not this release's ({exc}; it needs an 'object' "
+                              f"model over {REGION_FEATURES} and an 'iou' model over {IOU_FEATURES}): region scores "
+                              "fall back to the mask method's until it is refitted (bench/presence.py --write-model)",
+                              stacklevel=2)
         return cls(int(data["level"]), float(data["threshold"]), LogisticModel.from_dict(data["presence"]),
                    region, bool(data.get("keep_best", True)),
                    str(data.get("about", "")), int(data.get("fitted_classes", 0)),
@@ -298,6 +341,68 @@ def region_rows(maps, masks: np.ndarray, labels: Sequence[str], logits: Mapping[
     return np.asarray(rows, dtype=np.float64).reshape(len(m), len(REGION_FEATURES))
 
 
+def edge_disagreement(image: np.ndarray, mask: np.ndarray) -> float:
+    """Share of a non-empty mask's boundary band whose colour sides with the other side: pixels just outside
+    nearer the region's mean colour (its core, the mask less its edge) than the local background's (2 to
+    :data:`EDGE_RING` px outside), and pixels just inside nearer the background's. 0 when the outline runs along
+    a colour edge; 0.5 (no evidence) for a region with no background around it. Worked out on the region's box."""
+    import cv2
+
+    m = np.asarray(mask, dtype=bool)
+    img = np.asarray(image)
+    img = img[..., None] if img.ndim == 2 else img[..., :3]
+    if img.shape[:2] != m.shape:
+        raise ValueError(f"image {img.shape[:2]} and mask {m.shape} differ in size")
+    box = box_slices(m)
+    if box is None:
+        raise ValueError("the mask is empty")
+    pad = EDGE_RING + 1
+    (r, c), (h, w) = box, m.shape
+    box = slice(max(0, r.start - pad), min(h, r.stop + pad)), slice(max(0, c.start - pad), min(w, c.stop + pad))
+    m8, crop = m[box].view(np.uint8), img[box]
+    side = max(m8.shape)
+    if side > EDGE_MAX_SIDE:
+        size = (max(1, round(m8.shape[1] * EDGE_MAX_SIDE / side)), max(1, round(m8.shape[0] * EDGE_MAX_SIDE / side)))
+        # area-averaged like the photo, so a pixel is in the mask when most of it was: both see the same edge
+        m8 = (cv2.resize(m8.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5).view(np.uint8)
+        crop = cv2.resize(np.ascontiguousarray(crop), size, interpolation=cv2.INTER_AREA)
+    crop = crop.astype(np.float32).reshape(*m8.shape, -1)
+    inside, k = m8.astype(bool), np.ones((3, 3), np.uint8)
+    eroded = cv2.erode(m8, k).astype(bool)  # outside the photo counts as inside: no edge along the border
+    grown = cv2.dilate(m8, k).astype(bool)
+    ring = cv2.dilate(m8, k, iterations=EDGE_RING).astype(bool) & ~grown
+    core = eroded if eroded.any() else inside
+    inner, outer = inside & ~eroded, grown & ~inside
+    if not ring.any() or not (inner.any() or outer.any()):
+        return 0.5
+    obj, bg = crop[core].mean(0), crop[ring].mean(0)
+
+    def nearer_object(px: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(px - obj, axis=1) < np.linalg.norm(px - bg, axis=1)
+
+    wrong = int(nearer_object(crop[outer]).sum()) + int((~nearer_object(crop[inner])).sum())
+    return float(wrong / (int(outer.sum()) + int(inner.sum())))
+
+
+def region_edges(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """:func:`edge_disagreement` of each non-empty mask of ``[N, H, W]`` (the photo resized to H×W if it differs)."""
+    import cv2
+
+    m, img = np.asarray(masks, dtype=bool), np.asarray(image)
+    if img.shape[:2] != m.shape[1:]:
+        img = cv2.resize(np.ascontiguousarray(img), (m.shape[2], m.shape[1]), interpolation=cv2.INTER_AREA)
+    return np.array([edge_disagreement(img, mask) for mask in m], dtype=np.float64)
+
+
+def iou_rows(object_logits: Sequence[float], disagreement: Sequence[float]) -> np.ndarray:
+    """``[N, 2]`` rows in :data:`IOU_FEATURES` order: the object model's log-odds capped at 0 (only doubt
+    counts: regions more likely right than wrong are ranked by their edges) and the edge disagreement."""
+    z, d = np.asarray(object_logits, np.float64).reshape(-1), np.asarray(disagreement, np.float64).reshape(-1)
+    if len(z) != len(d):
+        raise ValueError(f"{len(z)} object logits for {len(d)} edge disagreements")
+    return np.c_[np.minimum(z, 0.0), d]
+
+
 # ---- fitting (bench/presence.py) ------------------------------------------------------------------------------
 
 
@@ -325,3 +430,10 @@ def fit_logistic(rows: np.ndarray, targets: np.ndarray, features: Sequence[str],
             break
     return LogisticModel(tuple(features), tuple(float(v) for v in mean), tuple(float(v) for v in scale),
                          tuple(float(v) for v in w[:-1]), float(w[-1]))
+
+
+def fit_region_model(rows: np.ndarray, disagreement: Sequence[float], ious: Sequence[float]) -> RegionModel:
+    """The object model on right (IoU ≥ 0.5) / wrong regions, then the IoU model on its doubt and the edges."""
+    y = np.asarray(ious, np.float64)
+    obj = fit_logistic(rows, (y >= 0.5).astype(np.float64), REGION_FEATURES)
+    return RegionModel(obj, fit_logistic(iou_rows(obj.logit(rows), disagreement), y, IOU_FEATURES))

@@ -20,7 +20,8 @@ from .defaults import ModelDefaults
 from .families import with_layout_levels
 from .masks import ClassMasks
 from . import modes
-from .evidence import decide, loo_errors, loo_gains, loo_prompts, presence_logits, region_rows, sigmoid
+from .evidence import (decide, loo_errors, loo_gains, loo_prompts, presence_logits, region_edges, region_rows,
+                       sigmoid)
 from .presence import present_classes, presence_scores
 from .prompts import DEFAULT_TEMPLATE, check_classes, check_template, class_prompt, split_vocabulary
 from .segment import segment
@@ -268,9 +269,10 @@ class SeeDiffPredictor:
                 for c in judged if c not in kept}
 
     def _region_scores(self, out: ClassMasks, maps: AttentionMaps, logits: dict[str, float]) -> ClassMasks:
-        """``out`` with each non-empty region's score replaced by the model's IoU estimate (if it ships one)."""
+        """``out`` with each non-empty region's score replaced by the model's IoU estimate (if it ships one; the
+        estimate reads the region's edges on the photo, so maps without a photo keep the method's scores)."""
         model = self.defaults.presence
-        if model is None or model.region is None:
+        if model is None or model.region is None or maps.image is None:
             return out
         live = [i for i, c in enumerate(out.labels) if out.masks[i].any() and c in logits]
         if not live:
@@ -278,7 +280,7 @@ class SeeDiffPredictor:
         scores = np.asarray(out.scores, np.float32).copy()
         masks = out.masks if live == list(range(len(out.labels))) else out.masks[live]  # no copy when all live
         rows = region_rows(maps, masks, [out.labels[i] for i in live], logits, model.level)
-        scores[live] = model.region.predict(rows)
+        scores[live] = model.region.predict(rows, region_edges(maps.image, masks))
         return dataclasses.replace(out, scores=scores)
 
     def presence_logits(self, classes: Sequence[str], groups: Sequence[Sequence[str]] | None = None

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -164,9 +165,18 @@ def choose_threshold(model, recs, probs) -> float:
     return float(GRID[-1])
 
 
-def region_data(model, recs, kept, logits, level=LEVEL):
-    """Per non-empty proposed mask: region feature rows, edge disagreements, true IoUs and the mask method's
-    own scores."""
+class Regions(NamedTuple):
+    """Per non-empty proposed mask of a split: region feature rows, edge disagreements, true IoUs, the mask
+    method's own scores."""
+
+    rows: np.ndarray
+    edges: np.ndarray
+    iou: np.ndarray
+    method_score: np.ndarray
+
+
+def region_data(model, recs, kept, logits, level=LEVEL) -> Regions:
+    """:class:`Regions` of every non-empty proposed mask."""
     X, D, y, S = [], [], [], []
     k = len(SHAPES)
     for i, (rec, ks) in enumerate(zip(recs, kept)):
@@ -183,7 +193,20 @@ def region_data(model, recs, kept, logits, level=LEVEL):
             m, gt = out.masks[j], rec.truth[out.labels[j]]
             y.append((m & gt).sum() / (m | gt).sum())
             S.append(float(out.scores[j]))
-    return np.concatenate(X), np.concatenate(D), np.asarray(y), np.asarray(S)
+    return Regions(np.concatenate(X), np.concatenate(D), np.asarray(y), np.asarray(S))
+
+
+def rule_lines(model, recs, kept_by_rule: dict) -> list[str]:
+    """A table of rule → mIoU, present class dropped, spurious regions / image, regions IoU ≥ 0.8 on ``recs``
+    (plus an every-class row first and an oracle row last)."""
+    rows = {"every class (no presence)": [tuple(SHAPES)] * len(recs), **kept_by_rule,
+            "oracle (diagnostic)": [tuple(c for c in SHAPES if r.truth[c].any()) for r in recs]}
+    lines = ["| rule | mIoU | present class dropped (images) | spurious regions / image | regions IoU ≥ 0.8 |",
+             "|---|---|---|---|---|"]
+    for name, ks in rows.items():
+        m = metrics(model, recs, ks)
+        lines.append(f"| {name} | {m['miou']:.3f} | {m['dropped']:.1%} | {m['spurious']:.2f} | {m['good']:.1%} |")
+    return lines
 
 
 def large_vocabulary(model, scenes, extra: int, variants: dict) -> tuple[list[str], dict]:
@@ -239,7 +262,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     import seediff
     from seediff.pipeline import BUILTIN_MODELS
-    from seediff.testing.shifted import shifted_split, world_split
+    from seediff.testing.shifted import ShiftedConfig, shifted_split, world_split
 
     model = seediff.load_model("builtin:shapes", device="cpu")
     t0 = time.time()
@@ -307,8 +330,8 @@ def main(argv=None) -> None:
         fit, thr = fits[key]
         reg = {n: region_data(model, sets[n], kept_sets(sets[n], probs[n][key], thr), fit.logit(rows_of(r)[:, cols[key]]))
                for n, r in sets.items()}
-        Xd, Dd, yd = (np.concatenate([reg["dev"][c], reg["shifted-dev"][c]]) for c in range(3))
-        return fit_region_model(Xd, Dd, yd), reg
+        dev_regions = Regions(*(np.concatenate(v) for v in zip(reg["dev"], reg["shifted-dev"])))
+        return fit_region_model(dev_regions.rows, dev_regions.edges, dev_regions.iou), reg, dev_regions
 
     regions = {key: region_model(key) for key in fits}
     about = (f"fitted by bench/presence.py on the shapes-world dev split ({2 * args.dev} scenes; region model also on "
@@ -351,21 +374,21 @@ def main(argv=None) -> None:
                         f"{', '.join(f'{key} {names[n]} {v:.3f}' for (key, n), v in dev3.items())}): **{chosen}**", "",
                         *dev_lines, "", "Test:", "", *test_lines, ""]
     key, presence_model = variants[chosen]
-    region, reg = regions[key]
-    est = {n: region.predict(reg[n][0], reg[n][1]) for n in sets}
-    pooled_e = np.concatenate([est["test"], est["shifted-test"]]); pooled_y = np.concatenate([reg["test"][2], reg["shifted-test"][2]])
-    sp = {n: spearman(est[n], reg[n][2]) for n in sets}
-    one = fit_logistic(*(np.concatenate([reg["dev"][c], reg["shifted-dev"][c]]) for c in (0, 2)), REGION_FEATURES)
-    scorers = {"the mask method's own score (mean probability inside)": lambda n: reg[n][3],
-               "one logistic IoU model over the object features (the previous release)": lambda n: one.predict(reg[n][0]),
+    region, reg, dev_regions = regions[key]
+    est = {n: region.predict(reg[n].rows, reg[n].edges) for n in sets}
+    pooled_e = np.concatenate([est["test"], est["shifted-test"]]); pooled_y = np.concatenate([reg["test"].iou, reg["shifted-test"].iou])
+    sp = {n: spearman(est[n], reg[n].iou) for n in sets}
+    one = fit_logistic(dev_regions.rows, dev_regions.iou, REGION_FEATURES)
+    scorers = {"the mask method's own score (mean probability inside)": lambda n: reg[n].method_score,
+               "one logistic IoU model over the object features (the previous release)": lambda n: one.predict(reg[n].rows),
                "object model → doubt + edge disagreement (default)": lambda n: est[n]}
     score_lines = ["| region score | Spearman, shapes test | Spearman, shifted test | Spearman, pooled "
                    "| AUC right (IoU ≥ 0.5) vs wrong, pooled |", "|---|---|---|---|---|"]
     for label, f in scorers.items():
         e = {n: f(n) for n in ("test", "shifted-test")}
         pe = np.concatenate([e["test"], e["shifted-test"]])
-        score_lines.append(f"| {label} | {spearman(e['test'], reg['test'][2]):.2f} | "
-                           f"{spearman(e['shifted-test'], reg['shifted-test'][2]):.2f} | {spearman(pe, pooled_y):.2f} | "
+        score_lines.append(f"| {label} | {spearman(e['test'], reg['test'].iou):.2f} | "
+                           f"{spearman(e['shifted-test'], reg['shifted-test'].iou):.2f} | {spearman(pe, pooled_y):.2f} | "
                            f"{auc(pe, pooled_y >= 0.5):.3f} |")
     cal = ["| estimated IoU | regions | mean estimate | mean true IoU | share IoU ≥ 0.8 |", "|---|---|---|---|---|"]
     bins = [0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 1.0001]
@@ -379,21 +402,12 @@ def main(argv=None) -> None:
         res = args.resolution_check
         recs = capture(model, shifted_split("test", args.shifted_test), dc=False, resolution=res)
         p48 = fit_c.predict(rows_of(recs)[:, cols[key]])
-        rows48 = {"every class (no presence)": [tuple(SHAPES)] * len(recs),
-                  f"default rule (fitted at the native size, P > {thr_c:.2f})": kept_sets(recs, p48, thr_c),
-                  "oracle (diagnostic)": [tuple(c for c in SHAPES if r.truth[c].any()) for r in recs]}
         diagnostics += [f"### Shifted test read at {res} px instead of the model's native 32 px", "",
                         "Where the shifted world's gap comes from: the same scenes read at a larger input size "
                         f"(`read_photo(resolution={res})`; not the default).", "",
-                        "| rule | mIoU | present class dropped (images) | spurious regions / image | regions IoU ≥ 0.8 |",
-                        "|---|---|---|---|---|"]
-        for name, ks in rows48.items():
-            m = metrics(model, recs, ks)
-            diagnostics.append(f"| {name} | {m['miou']:.3f} | {m['dropped']:.1%} | {m['spurious']:.2f} | {m['good']:.1%} |")
-        diagnostics.append("")
+                        *rule_lines(model, recs, {f"default rule (fitted at the native size, P > {thr_c:.2f})":
+                                                  kept_sets(recs, p48, thr_c)}), ""]
     if args.closeups:
-        from seediff.testing.shifted import ShiftedConfig
-
         close = ShiftedConfig(radius=(0.24, 0.36), objects=(1, 1))
         diagnostics += ["### Close-ups: one large object", "",
                         f"{args.closeups} shifted test scenes of one object whose radius is 24–36 % of the side "
@@ -401,19 +415,12 @@ def main(argv=None) -> None:
                         "shapes training world's at most 27 %), every label in play. The masks are right once the "
                         "classes are (oracle row); what fails is telling the classes of a shape larger than any the "
                         "bundled model was trained on, so the presence rule keeps other labels too. A limit of the "
-                        "3-MB test model's training world as far as we can tell (real Stable Diffusion checkpoints, trained on photos "
-                        "that include close-ups, are not measured here).",
-                        "", "| rule | mIoU | present class dropped (images) | spurious regions / image "
-                        "| regions IoU ≥ 0.8 |", "|---|---|---|---|---|"]
+                        "bundled test model's training world as far as we can tell (real Stable Diffusion "
+                        "checkpoints, trained on photos that include close-ups, are not measured here).",
+                        ""]
         recs = capture(model, shifted_split("test", args.closeups, close), dc=False)
         pc = fit_c.predict(rows_of(recs)[:, cols[key]])
-        for name, ks in {"every class (no presence)": [tuple(SHAPES)] * len(recs),
-                         f"default rule (P > {thr_c:.2f})": kept_sets(recs, pc, thr_c),
-                         "oracle (diagnostic)": [tuple(c for c in SHAPES if r.truth[c].any()) for r in recs]}.items():
-            m = metrics(model, recs, ks)
-            diagnostics.append(f"| {name} | {m['miou']:.3f} | {m['dropped']:.1%} | {m['spurious']:.2f} "
-                               f"| {m['good']:.1%} |")
-        diagnostics.append("")
+        diagnostics += [*rule_lines(model, recs, {f"default rule (P > {thr_c:.2f})": kept_sets(recs, pc, thr_c)}), ""]
     cfg = model.defaults.config("seediff")
     if cfg.snap_iterations:
         snaps = {n: snap_effect(model, sets[n]) for n in ("shifted-dev", "shifted-test")}
